@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up everything wsfuse needs on a Debian 12 machine, idempotently:
+# system packages (FUSE 3 and what pyfuse3 needs to build), a virtualenv in .venv,
+# and the package itself with its development extra (test servers, linters, type checker).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc)
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "wsfuse setup: missing system packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "wsfuse setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Debian's interpreter: python3-dev above provides its headers, which pyfuse3 builds against.
+PY=${WSFUSE_PYTHON:-/usr/bin/python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.wsfuse-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    touch "$stamp"
+fi
