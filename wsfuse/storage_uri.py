@@ -23,6 +23,7 @@ from wsfuse.errors import UserError
 
 Scheme = Literal["s3", "gs", "file", "mem"]
 SCHEMES: tuple[Scheme, ...] = ("s3", "gs", "file", "mem")
+_SCHEME_OF: dict[str, Scheme] = {s: s for s in SCHEMES}
 
 # S3 and GCS bucket names: 3-63 (GCS: up to 222 with dots) lowercase letters, digits, dots,
 # hyphens (GCS also underscores), starting and ending with a letter or digit.
@@ -85,7 +86,7 @@ def parse_uri(text: str, *, source: str = "argument") -> StorageURI:
         if any(s in ("", ".", "..") for s in segments):
             raise UserError(f"invalid prefix {prefix!r} in {text!r}: empty, '.' or '..' segment")
         prefix = "/".join(segments) + "/"
-    return StorageURI(scheme, bucket, prefix, source=source)  # type: ignore[arg-type]
+    return StorageURI(_SCHEME_OF[scheme], bucket, prefix, source=source)
 
 
 def embedded_bucket_dir() -> Path:

@@ -25,7 +25,9 @@ def put_ramp(backend: Backend, key: str, size: int, **kw: object) -> ObjectInfo:
     return backend.put(key, ramp(key, 0, size), **kw)  # type: ignore[arg-type]
 
 
-def list_everything(backend: Backend, prefix: str, delimiter: str | None = "/", page_size: int = 1000):
+def list_everything(
+    backend: Backend, prefix: str, delimiter: str | None = "/", page_size: int = 1000
+):
     objects: list[str] = []
     prefixes: list[str] = []
     token = None
@@ -64,7 +66,9 @@ def test_put_head_get_roundtrip(backend: Backend) -> None:
         (1000, 0, None),
     ],
 )
-def test_ranges(backend: Backend, offset: int, length: int, expected: tuple[int, int] | None) -> None:
+def test_ranges(
+    backend: Backend, offset: int, length: int, expected: tuple[int, int] | None
+) -> None:
     put_ramp(backend, "r", 1000)
     want = b"" if expected is None else ramp("r", *expected)
     assert backend.get_range("r", offset, length) == want
@@ -225,7 +229,13 @@ def test_list_more_than_1000_keys(backend: Backend) -> None:
 
 
 def test_unicode_and_space_keys(backend: Backend) -> None:
-    keys = ["dir with space/naïve ü.txt", "dir with space/文件 1.bin", "a+b=c&d.txt", "pct%20x", "emoji 🚀"]
+    keys = [
+        "dir with space/naïve ü.txt",
+        "dir with space/文件 1.bin",
+        "a+b=c&d.txt",
+        "pct%20x",
+        "emoji 🚀",
+    ]
     for key in keys:
         backend.put(key, key.encode())
     for key in keys:

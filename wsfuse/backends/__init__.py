@@ -22,7 +22,9 @@ def open_raw_backend(uri: StorageURI, options: BackendOptions) -> Backend:
         from wsfuse.backends.s3 import S3Backend  # noqa: PLC0415 - boto3 import is slow
 
         region = options.region or uri.region
-        return S3Backend(uri.bucket, options if region == options.region else _with_region(options, region))
+        return S3Backend(
+            uri.bucket, options if region == options.region else _with_region(options, region)
+        )
     if uri.scheme == "gs":
         from wsfuse.backends.gcs import GCSBackend  # noqa: PLC0415 - google-cloud import is slow
 
@@ -37,7 +39,7 @@ def open_raw_backend(uri: StorageURI, options: BackendOptions) -> Backend:
 
 
 def open_backend(uri: StorageURI, options: BackendOptions | None = None) -> Backend:
-    """The backend the filesystem uses: retries for transient errors, keys relative to the prefix."""
+    """The backend the filesystem uses: transient errors retried, keys relative to the prefix."""
     opts = options or BackendOptions()
     backend: Backend = RetryingBackend(open_raw_backend(uri, opts), opts.retry)
     if uri.prefix:

@@ -118,7 +118,9 @@ class Backend(abc.ABC):
         """Metadata of `key`, user metadata included. Raises `NotFound`."""
 
     @abc.abstractmethod
-    def get_range(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+    def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
         """Bytes `[offset, offset + length)` of `key`.
 
         `length == 0` returns `b""` without a request. A range reaching past the end returns
@@ -176,13 +178,14 @@ class Backend(abc.ABC):
         """Abandon the upload and free its parts; aborting an unknown upload is success."""
 
     @abc.abstractmethod
-    def list_multipart(self, prefix: str) -> list[UploadInfo]:
+    def list_multipart(self, prefix: str) -> Sequence[UploadInfo]:
         """Multipart uploads in progress under `prefix` (recovery aborts the orphans)."""
 
     @abc.abstractmethod
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         """Server-side copy (no bytes through us; multipart copy above 5 GiB where needed).
-        `metadata=None` keeps the source's user metadata, otherwise replaces it. Raises `NotFound`."""
+        `metadata=None` keeps the source's user metadata, otherwise replaces it.
+        Raises `NotFound`."""
 
     @abc.abstractmethod
     def delete(self, key: str) -> None:

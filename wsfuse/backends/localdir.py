@@ -18,6 +18,7 @@ atomic within one process (a lock), not across processes sharing the directory.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import json
@@ -104,7 +105,9 @@ class LocalDirBackend(Backend):
 
     # ------------------------------------------------------------------ object info
 
-    def _file_info(self, key: str, path: Path, st: os.stat_result, *, with_metadata: bool) -> ObjectInfo:
+    def _file_info(
+        self, key: str, path: Path, st: os.stat_result, *, with_metadata: bool
+    ) -> ObjectInfo:
         meta: dict[str, str] | None = None
         if with_metadata:
             meta = _read_json_xattr(path, MARKER_XATTR if key.endswith("/") else META_XATTR) or {}
@@ -132,7 +135,9 @@ class LocalDirBackend(Backend):
         path, st = self._stat_object(key)
         return self._file_info(key, path, st, with_metadata=True)
 
-    def get_range(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+    def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
         if length == 0:
             return b""
         if offset < 0 or length < 0:
@@ -170,7 +175,11 @@ class LocalDirBackend(Backend):
     ) -> ListPage:
         if not self.root.is_dir():
             raise BucketNotFound(_missing_root_message(self.root))
-        keys = self._keys_one_level(prefix) if delimiter == "/" else sorted(self._keys_recursive(prefix))
+        keys = (
+            self._keys_one_level(prefix)
+            if delimiter == "/"
+            else sorted(self._keys_recursive(prefix))
+        )
 
         def info(key: str) -> ObjectInfo:
             path = self._path(key)
@@ -178,7 +187,7 @@ class LocalDirBackend(Backend):
 
         return paginate(keys, info, prefix, delimiter, token, page_size)
 
-    def _keys_one_level(self, prefix: str) -> list[str]:
+    def _keys_one_level(self, prefix: str) -> builtins.list[str]:
         """Keys (files, the marker of `prefix` itself) and `dir/` stand-ins for subdirectories
         in the one directory a `/`-delimited listing of `prefix` looks at."""
         cut = prefix.rfind("/") + 1
@@ -187,7 +196,7 @@ class LocalDirBackend(Backend):
             directory = self._path(dir_part) if dir_part else self.root
         except InvalidKey:
             return []
-        keys: list[str] = []
+        keys: builtins.list[str] = []
         if dir_part and not name_start and _read_json_xattr(directory, MARKER_XATTR) is not None:
             keys.append(dir_part)
         try:
@@ -369,7 +378,7 @@ class LocalDirBackend(Backend):
         numbers = [p.number for p in parts]
         if numbers != sorted(set(numbers)):
             raise BackendError("parts must be listed in ascending order, once each", key=key)
-        files: list[Path] = []
+        files: builtins.list[Path] = []
         for i, part in enumerate(parts):
             f = udir / f"{part.number:05d}-{part.etag}"
             if not f.exists():
@@ -407,8 +416,8 @@ class LocalDirBackend(Backend):
             return
         shutil.rmtree(udir, ignore_errors=True)
 
-    def list_multipart(self, prefix: str) -> list[UploadInfo]:
-        uploads: list[UploadInfo] = []
+    def list_multipart(self, prefix: str) -> Sequence[UploadInfo]:
+        uploads: builtins.list[UploadInfo] = []
         try:
             entries = list(os.scandir(self._uploads_dir()))
         except FileNotFoundError:
@@ -511,14 +520,20 @@ def _write_json_xattr(path: Path, name: str, value: Mapping[str, str]) -> None:
 
 
 def _missing_root_message(root: Path) -> str:
-    return f"local bucket directory {root} does not exist; create it (mkdir -p {root}) or fix the URI"
+    return (
+        f"local bucket directory {root} does not exist; create it (mkdir -p {root}) or fix the URI"
+    )
 
 
 def _map_os_error(exc: OSError, what: str) -> BackendError:
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"permission denied on local bucket path for {what!r}: {exc.strerror}")
+        return PermissionDenied(
+            f"permission denied on local bucket path for {what!r}: {exc.strerror}"
+        )
     if exc.errno == errno.ENOSPC:
-        return BackendError(f"no space left on the local bucket's disk while writing {what!r}", key=what)
+        return BackendError(
+            f"no space left on the local bucket's disk while writing {what!r}", key=what
+        )
     if exc.errno == errno.ENAMETOOLONG:
         return InvalidKey(f"key {what!r} is too long for a directory bucket", key=what)
     return BackendError(f"local bucket I/O error for {what!r}: {exc}", key=what)

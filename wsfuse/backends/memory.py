@@ -7,6 +7,7 @@ mutation. It passes the same contract suite as S3 and GCS.
 
 from __future__ import annotations
 
+import builtins
 import bisect
 import hashlib
 import threading
@@ -108,7 +109,9 @@ class MemoryBackend(Backend):
         if if_none_match and current is not None:
             raise PreconditionFailed(f"{key!r} already exists", key=key)
 
-    def _store(self, key: str, data: bytes, etag: str, metadata: Mapping[str, str] | None) -> ObjectInfo:
+    def _store(
+        self, key: str, data: bytes, etag: str, metadata: Mapping[str, str] | None
+    ) -> ObjectInfo:
         # Wall clock, like a store's Last-Modified: it is what users see as mtime.
         obj = _Object(bytes(data), etag, time.time(), dict(metadata or {}))
         if key not in self._objects:
@@ -129,7 +132,9 @@ class MemoryBackend(Backend):
         with self._lock:
             return self._info(key, self._get(key), with_metadata=True)
 
-    def get_range(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+    def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
         if length == 0:
             return b""
         if offset < 0 or length < 0:
@@ -154,7 +159,7 @@ class MemoryBackend(Backend):
         self._enter("list", prefix)
         with self._lock:
             start = bisect.bisect_left(self._keys, prefix)
-            keys: list[str] = []
+            keys: builtins.list[str] = []
             for key in self._keys[start:]:
                 if not key.startswith(prefix):
                     break
@@ -214,11 +219,14 @@ class MemoryBackend(Backend):
             numbers = [p.number for p in parts]
             if numbers != sorted(set(numbers)):
                 raise BackendError("parts must be listed in ascending order, once each", key=key)
-            chunks: list[bytes] = []
+            chunks: builtins.list[bytes] = []
             digest = hashlib.md5(usedforsecurity=False)
             for i, part in enumerate(parts):
                 data = upload.parts.get(part.number)
-                if data is None or hashlib.md5(data, usedforsecurity=False).hexdigest() != part.etag:
+                if (
+                    data is None
+                    or hashlib.md5(data, usedforsecurity=False).hexdigest() != part.etag
+                ):
                     raise BackendError(f"part {part.number} was not uploaded", key=key)
                 if i < len(parts) - 1 and len(data) < MIN_PART_SIZE:
                     raise BackendError(
@@ -239,11 +247,15 @@ class MemoryBackend(Backend):
             if upload is not None and upload.key == key:
                 del self._uploads[upload_id]
 
-    def list_multipart(self, prefix: str) -> list[UploadInfo]:
+    def list_multipart(self, prefix: str) -> Sequence[UploadInfo]:
         self._enter("list_multipart", prefix)
         with self._lock:
             return sorted(
-                (UploadInfo(u.key, uid, u.initiated) for uid, u in self._uploads.items() if u.key.startswith(prefix)),
+                (
+                    UploadInfo(u.key, uid, u.initiated)
+                    for uid, u in self._uploads.items()
+                    if u.key.startswith(prefix)
+                ),
                 key=lambda u: (u.key, u.initiated),
             )
 
@@ -251,7 +263,9 @@ class MemoryBackend(Backend):
         self._enter("copy", src)
         with self._lock:
             obj = self._get(src)
-            return self._store(dst, obj.data, obj.etag, obj.metadata if metadata is None else metadata)
+            return self._store(
+                dst, obj.data, obj.etag, obj.metadata if metadata is None else metadata
+            )
 
     def delete(self, key: str) -> None:
         self._enter("delete", key)
@@ -265,6 +279,6 @@ class MemoryBackend(Backend):
 
     # ------------------------------------------------------------------ test helpers
 
-    def keys(self) -> list[str]:
+    def keys(self) -> builtins.list[str]:
         with self._lock:
             return list(self._keys)

@@ -23,7 +23,9 @@ class PrefixedBackend(Backend):
     def head(self, key: str) -> ObjectInfo:
         return self._strip(self.inner.head(self.prefix + key))
 
-    def get_range(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+    def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
         return self.inner.get_range(self.prefix + key, offset, length, if_match=if_match)
 
     def list(
@@ -54,7 +56,11 @@ class PrefixedBackend(Backend):
         if_none_match: bool = False,
     ) -> ObjectInfo:
         info = self.inner.put(
-            self.prefix + key, data, metadata=metadata, if_match=if_match, if_none_match=if_none_match
+            self.prefix + key,
+            data,
+            metadata=metadata,
+            if_match=if_match,
+            if_none_match=if_none_match,
         )
         return self._strip(info)
 
@@ -70,11 +76,9 @@ class PrefixedBackend(Backend):
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self.inner.abort_multipart(self.prefix + key, upload_id)
 
-    def list_multipart(self, prefix: str) -> list[UploadInfo]:
+    def list_multipart(self, prefix: str) -> Sequence[UploadInfo]:
         n = len(self.prefix)
-        return [
-            replace(u, key=u.key[n:]) for u in self.inner.list_multipart(self.prefix + prefix)
-        ]
+        return [replace(u, key=u.key[n:]) for u in self.inner.list_multipart(self.prefix + prefix)]
 
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
         return self._strip(self.inner.copy(self.prefix + src, self.prefix + dst, metadata=metadata))

@@ -63,11 +63,13 @@ def call_with_retries(
             delay = next(delays, None)
             if delay is None or elapsed + delay >= policy.deadline:
                 raise Unavailable(
-                    f"{what} failed after {attempt} attempt(s) in {elapsed:.1f}s: {exc}; check that "
-                    "the endpoint is reachable and not overloaded",
+                    f"{what} failed after {attempt} attempt(s) in {elapsed:.1f}s: {exc}; "
+                    "check that the endpoint is reachable and not overloaded",
                     key=exc.key,
                 ) from exc
-            level = logging.DEBUG if attempt == 1 else logging.INFO if attempt < 4 else logging.WARNING
+            level = (
+                logging.DEBUG if attempt == 1 else logging.INFO if attempt < 4 else logging.WARNING
+            )
             log.log(level, "%s: %s; retry %d in %.2fs", what, exc, attempt, delay)
             sleep(delay)
             attempt += 1
@@ -105,7 +107,9 @@ class RetryingBackend(Backend):
         return self.inner.head(key)
 
     @_retrying
-    def get_range(self, key: str, offset: int, length: int, *, if_match: str | None = None) -> bytes:
+    def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
         return self.inner.get_range(key, offset, length, if_match=if_match)
 
     @_retrying
@@ -150,7 +154,7 @@ class RetryingBackend(Backend):
         self.inner.abort_multipart(key, upload_id)
 
     @_retrying
-    def list_multipart(self, prefix: str) -> list[UploadInfo]:
+    def list_multipart(self, prefix: str) -> Sequence[UploadInfo]:
         return self.inner.list_multipart(prefix)
 
     @_retrying

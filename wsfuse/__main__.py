@@ -1,0 +1,7 @@
+"""`python -m wsfuse` is the `wsfuse` command."""
+
+import sys
+
+from wsfuse.cli import main
+
+sys.exit(main())
