@@ -7,8 +7,8 @@ mutation. It passes the same contract suite as S3 and GCS.
 
 from __future__ import annotations
 
-import builtins
 import bisect
+import builtins
 import hashlib
 import threading
 import time
