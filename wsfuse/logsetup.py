@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from wsfuse.errors import UserError
@@ -26,6 +27,8 @@ def setup_logging(level: str = "info", log_file: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(name.upper())
-    quiet = logging.DEBUG if name == "debug" else logging.WARNING
-    for lib in ("botocore", "boto3", "urllib3", "s3transfer", "google", "werkzeug"):
+    # HTTP libraries log every request (botocore even every signature) at DEBUG: that costs
+    # more than the request itself. They speak at WARNING unless WSFUSE_DEBUG_HTTP is set.
+    quiet = logging.DEBUG if os.environ.get("WSFUSE_DEBUG_HTTP") else logging.WARNING
+    for lib in ("botocore", "boto3", "urllib3", "s3transfer", "google", "werkzeug", "pyfuse3"):
         logging.getLogger(lib).setLevel(max(quiet, root.level))

@@ -1,0 +1,169 @@
+"""Real FUSE mounts: the daemon runs as a subprocess (`python -m wsfuse mount ... -f`) over the
+local S3 server, and every mount is unmounted at the end of its test, even when it fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import fresh_bucket_name
+
+FUSE_AVAILABLE = Path("/dev/fuse").exists() and shutil.which("fusermount3") is not None
+pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason="needs /dev/fuse and fusermount3")
+
+# Blocks are 1 MiB by default (wsfuse.config.MountConfig.block_size).
+from wsfuse.config import DEFAULTS  # noqa: E402
+
+BLOCK = DEFAULTS.block_size
+
+
+def _is_mounted(path: Path) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+@dataclass
+class Mount:
+    path: Path
+    cache_dir: Path
+    log_file: Path
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 30) -> Mount:
+        self.path.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")  # noqa: SIM115 - kept open for the daemon's life
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "wsfuse",
+                "mount",
+                *self.args,
+                str(self.path),
+                "-f",
+                "--cache-dir",
+                str(self.cache_dir),
+                "--log-level",
+                "debug",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, **self.extra_env},
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _is_mounted(self.path):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not mounted after {timeout}s:\n{self.log()}")
+            time.sleep(0.02)
+        # The mount is in /proc/mounts before the daemon answers; wait for a real answer.
+        os.stat(self.path)
+        return self
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def stop(self) -> None:
+        """Unmount and wait for the daemon; lazily unmount and kill it if it will not go."""
+        if self.proc is None:
+            return
+        if _is_mounted(self.path):
+            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, check=False)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if _is_mounted(self.path):
+            subprocess.run(
+                ["fusermount3", "-u", "-z", str(self.path)], capture_output=True, check=False
+            )
+        self.proc = None
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+        subprocess.run(
+            ["fusermount3", "-u", "-z", str(self.path)], capture_output=True, check=False
+        )
+
+
+@dataclass
+class S3Bucket:
+    server: Any
+    name: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.name}"
+
+    _client: Any = None
+
+    def put(self, key: str, data: bytes) -> None:
+        if self._client is None:
+            self._client = self.server.client()  # building a boto3 client takes ~0.3 s
+        with self.server.no_latency():
+            self._client.put_object(Bucket=self.name, Key=key, Body=data)
+
+    def put_many(self, items: dict[str, bytes]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._client is None:
+            self._client = self.server.client()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda kv: self.put(*kv), items.items()))
+
+    def gets(self, key: str | None = None) -> int:
+        return int(self.server.count("GET", key=key, bucket=self.name))
+
+    def get_bytes(self, key: str | None = None) -> int:
+        return int(self.server.bytes_sent("GET", key=key, bucket=self.name))
+
+
+@pytest.fixture
+def bucket(s3_server: Any) -> S3Bucket:
+    name = fresh_bucket_name("fuse")
+    s3_server.create_bucket(name)
+    return S3Bucket(s3_server, name)
+
+
+@pytest.fixture
+def mounter(tmp_path: Path, bucket: S3Bucket) -> Iterator[Any]:
+    """`mounter(*extra_args, cache_dir=None) -> Mount` for the test's bucket; every mount is
+    unmounted after the test."""
+    mounts: list[Mount] = []
+    counter = iter(range(1000))
+
+    def make(*extra: str, cache_dir: Path | None = None, uri: str | None = None) -> Mount:
+        n = next(counter)
+        m = Mount(
+            path=tmp_path / f"mnt{n}",
+            cache_dir=cache_dir or tmp_path / "cache",
+            log_file=tmp_path / f"daemon{n}.log",
+            args=[uri or bucket.uri, "--endpoint-url", bucket.server.endpoint_url, *extra],
+        )
+        mounts.append(m)
+        return m.start()
+
+    try:
+        yield make
+    finally:
+        for m in mounts:
+            m.stop()

@@ -1,0 +1,247 @@
+"""The read path through a real FUSE mount over the local S3 server; request counts are taken
+at the server, not from wsfuse's own counters."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import BLOCK, S3Bucket
+from wsfuse.testing.ramp import ramp
+
+SIZES = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17]
+
+
+def test_ramp_objects_read_whole_ranges_and_mmap(bucket: S3Bucket, mounter: Any) -> None:
+    for size in SIZES:
+        bucket.put(f"ramp/{size}", ramp(f"ramp/{size}", 0, size))
+    m = mounter()
+    rng = random.Random(7)
+    for size in SIZES:
+        path = m.path / "ramp" / str(size)
+        assert path.stat().st_size == size
+        assert path.read_bytes() == ramp(f"ramp/{size}", 0, size)
+        with open(path, "rb") as f:
+            for _ in range(20):
+                off = rng.randrange(0, size + 10)
+                n = rng.randrange(0, 3 * BLOCK)
+                f.seek(off)
+                assert f.read(n) == ramp(f"ramp/{size}", off, max(0, min(n, size - off)))
+            if size:
+                with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+                    assert mm[:] == ramp(f"ramp/{size}", 0, size)
+                    off = size // 2
+                    assert mm[off : off + 4096] == ramp(f"ramp/{size}", off, min(4096, size - off))
+
+
+@pytest.mark.slow
+def test_100_mib_object_byte_exact(bucket: S3Bucket, mounter: Any) -> None:
+    size = 100 * 1024 * 1024
+    bucket.put("big", ramp("big", 0, size))
+    m = mounter()
+    with open(m.path / "big", "rb") as f:
+        off = 0
+        while chunk := f.read(4 * 1024 * 1024 + 123):
+            assert chunk == ramp("big", off, len(chunk)), f"mismatch at {off}"
+            off += len(chunk)
+    assert off == size
+    # sequential prefetch must not read the object more than ~once
+    assert bucket.get_bytes("big") <= 1.1 * size
+
+
+def test_listing_2500_keys_nested_dirs_and_hidden_keys(bucket: S3Bucket, mounter: Any) -> None:
+    bucket.put_many({f"many/{i:05d}": b"x" for i in range(2500)})
+    keys = [
+        "a/b/c/d.txt",
+        "a/b/e.txt",
+        "a/f.txt",
+        "bad//empty-seg",
+        "x" * 300,
+        "dots/./x",
+        "clash",
+        "clash/inner",
+    ]
+    bucket.put_many({key: b"y" for key in keys})
+    m = mounter()
+    names = os.listdir(m.path / "many")
+    assert sorted(names) == [f"{i:05d}" for i in range(2500)]
+    assert sorted(os.listdir(m.path)) == ["a", "bad", "clash", "dots", "many"]
+    assert sorted(os.listdir(m.path / "a")) == ["b", "f.txt"]
+    assert sorted(os.listdir(m.path / "a" / "b")) == ["c", "e.txt"]
+    assert (m.path / "a" / "b" / "c" / "d.txt").read_bytes() == b"y"
+    assert (m.path / "a" / "b").is_dir()
+    assert os.listdir(m.path / "bad") == []  # "bad//empty-seg" cannot be a path
+    assert os.listdir(m.path / "dots") == []
+    assert (m.path / "clash").is_dir()  # the directory wins over the file "clash"
+    assert os.listdir(m.path / "clash") == ["inner"]
+    with pytest.raises(FileNotFoundError):
+        (m.path / "nope").stat()
+
+
+def test_stat_after_listing_makes_no_head(bucket: S3Bucket, mounter: Any) -> None:
+    for i in range(50):
+        bucket.put(f"d/{i}", b"z" * i)
+    m = mounter()
+    os.listdir(m.path / "d")
+    bucket.server.reset_stats()
+    for i in range(50):
+        assert (m.path / "d" / str(i)).stat().st_size == i
+        assert (m.path / "d" / str(i)).read_bytes() == b"z" * i
+    assert bucket.server.count("HEAD", bucket=bucket.name) == 0
+    assert bucket.server.count("LIST", bucket=bucket.name) == 0
+
+
+def test_warm_remount_makes_zero_gets(bucket: S3Bucket, mounter: Any) -> None:
+    data = ramp("w", 0, 5 * BLOCK + 3)
+    bucket.put("dir/w", data)
+    m = mounter()
+    assert (m.path / "dir" / "w").read_bytes() == data
+    m.stop()
+    bucket.server.reset_stats()
+    m2 = mounter()
+    assert (m2.path / "dir" / "w").read_bytes() == data
+    assert bucket.gets() == 0
+
+
+def test_two_concurrent_readers_of_one_block_make_one_get(bucket: S3Bucket, mounter: Any) -> None:
+    bucket.put("one", ramp("one", 0, BLOCK))
+    m = mounter("-o", "metadata_ttl=600")
+    (m.path / "one").stat()
+    bucket.server.latency = 0.3  # both readers arrive while the GET is in flight
+    try:
+        results: list[bytes] = []
+
+        def read() -> None:
+            with open(m.path / "one", "rb", buffering=0) as f:
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+                results.append(f.read(4096))
+
+        threads = [threading.Thread(target=read) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        bucket.server.latency = 0
+    assert results == [ramp("one", 0, 4096)] * 2
+    assert bucket.gets("one") == 1
+
+
+def test_random_4k_reads_fetch_at_most_a_block_each(bucket: S3Bucket, mounter: Any) -> None:
+    size = 64 * BLOCK
+    bucket.put("rand", ramp("rand", 0, size))
+    m = mounter()
+    rng = random.Random(3)
+    n = 20
+    with open(m.path / "rand", "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        for _ in range(n):
+            off = rng.randrange(0, size - 4096)
+            assert os.pread(f.fileno(), 4096, off) == ramp("rand", off, 4096)
+    assert bucket.get_bytes("rand") <= n * BLOCK
+
+
+def _block_files(cache_dir: Path) -> list[Path]:
+    return [
+        p
+        for p in (cache_dir).rglob("*")
+        if p.is_file() and "blocks" in p.parts and not p.name.endswith(".tmp")
+    ]
+
+
+def test_corrupt_cache_block_is_refetched_and_logged(
+    bucket: S3Bucket, mounter: Any, tmp_path: Path
+) -> None:
+    data = ramp("c", 0, BLOCK)
+    bucket.put("c", data)
+    m = mounter()
+    assert (m.path / "c").read_bytes() == data
+    m.stop()
+    files = _block_files(tmp_path / "cache")
+    assert len(files) == 1
+    raw = bytearray(files[0].read_bytes())
+    raw[-100] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    bucket.server.reset_stats()
+    m2 = mounter()
+    assert (m2.path / "c").read_bytes() == data
+    assert bucket.gets("c") == 1
+    m2.stop()
+    assert "WARNING" in m2.log() and "corrupt" in m2.log().lower()
+
+
+def test_kill9_while_filling_cache_then_remount_reads_exact(bucket: S3Bucket, mounter: Any) -> None:
+    size = 40 * BLOCK
+    bucket.put("k9", ramp("k9", 0, size))
+    m = mounter()
+    bucket.server.latency = 0.05
+    try:
+        with open(m.path / "k9", "rb") as f:
+            f.read(10 * BLOCK)  # read-ahead is now filling the cache
+            m.kill9()
+    except OSError:
+        pass  # the read may fail when the daemon dies under it
+    finally:
+        bucket.server.latency = 0
+    m2 = mounter()
+    with open(m2.path / "k9", "rb") as f:
+        off = 0
+        while chunk := f.read(3 * BLOCK + 5):
+            assert chunk == ramp("k9", off, len(chunk)), f"mismatch at {off}"
+            off += len(chunk)
+    assert off == size
+
+
+def test_remote_overwrite_mid_read_never_mixes_versions(bucket: S3Bucket, mounter: Any) -> None:
+    size = 64 * BLOCK  # larger than the first read and its read-ahead
+    bucket.put("v", ramp("v-old", 0, size))
+    m = mounter("--metadata-ttl", "1")
+    with open(m.path / "v", "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        assert os.pread(f.fileno(), 4096, 0) == ramp("v-old", 0, 4096)
+        bucket.put("v", ramp("v-new", 0, size))
+        # the cached block of the pinned version still serves
+        assert os.pread(f.fileno(), 4096, 100) == ramp("v-old", 100, 4096)
+        # data of the old version that is not cached is gone: EIO, never new bytes
+        with pytest.raises(OSError) as err:
+            os.pread(f.fileno(), 4096, 60 * BLOCK)
+        assert err.value.errno == 5
+    import time
+
+    time.sleep(1.2)
+    assert (m.path / "v").read_bytes() == ramp("v-new", 0, size)
+    assert "no longer version" in m.log() or "PreconditionFailed" in m.log() or "412" in m.log()
+
+
+def test_status_command(bucket: S3Bucket, mounter: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    bucket.put("s", b"hello")
+    m = mounter()
+    assert (m.path / "s").read_bytes() == b"hello"
+    out = subprocess.run(
+        [sys.executable, "-m", "wsfuse", "status", str(m.path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    status = json.loads(out)
+    assert status["backend_requests"] >= 1
+    assert status["cache_capacity"] > 0
+    assert "pending_uploads" in status
+    human = subprocess.run(
+        [sys.executable, "-m", "wsfuse", "status", str(m.path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "hit ratio" in human
+    assert ".wsfuse" not in "".join(os.listdir(m.path))

@@ -1,0 +1,406 @@
+"""S3-specific behaviour of `S3Backend` (the generic contract is in tests/contract/): retries
+through the one retry layer, dead and black-holed endpoints, missing buckets, bad or missing
+credentials, the error mapping, and multipart copy."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from tests.conftest import TEST_RETRY, fresh_bucket_name
+from wsfuse import errors
+from wsfuse.backends.base import MIN_PART_SIZE
+from wsfuse.backends.options import BackendOptions
+from wsfuse.backends.retry import RetryingBackend, RetryPolicy
+from wsfuse.backends.s3 import S3Backend, map_error
+from wsfuse.testing.ramp import ramp
+from wsfuse.testing.s3server import S3TestServer
+
+SECRET = "wsfuse-test-secret"
+
+
+@pytest.fixture
+def server(s3_server: Any) -> Iterator[S3TestServer]:
+    assert isinstance(s3_server, S3TestServer)
+    s3_server.reset_stats()
+    s3_server.clear_faults()
+    try:
+        yield s3_server
+    finally:
+        s3_server.latency = 0.0
+        s3_server.clear_faults()
+
+
+@pytest.fixture
+def s3(server: S3TestServer) -> Iterator[S3Backend]:
+    name = fresh_bucket_name("s3b")
+    server.create_bucket(name)
+    backend = S3Backend(name, BackendOptions(endpoint_url=server.endpoint_url, region="us-east-1"))
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+# ---------------------------------------------------------------------- retries
+
+
+def test_slowdown_is_retried_by_the_retry_layer_not_by_boto3(
+    server: S3TestServer, s3: S3Backend
+) -> None:
+    s3.put("k", b"hello world")
+    retrying = RetryingBackend(s3, TEST_RETRY)
+    server.reset_stats()
+    server.fail_next(2, status=503, code="SlowDown", kind="GET")
+    assert retrying.get_range("k", 0, 5) == b"hello"
+    assert [r.status for r in server.requests] == [503, 503, 206]
+    assert server.count("GET", key="k") == 3
+
+    # the bare backend makes exactly one attempt: no hidden botocore retries
+    server.reset_stats()
+    server.fail_next(1, status=503, code="SlowDown")
+    with pytest.raises(errors.Transient, match="SlowDown"):
+        s3.get_range("k", 0, 5)
+    assert server.count() == 1
+
+
+def test_retries_give_up_with_unavailable(server: S3TestServer, s3: S3Backend) -> None:
+    s3.put("k", b"x")
+    policy = RetryPolicy(max_attempts=3, base_delay=0.01, max_delay=0.02, deadline=5)
+    server.fail_next(10, status=500, code="InternalError", kind="PUT")
+    with pytest.raises(errors.Unavailable, match="InternalError"):
+        RetryingBackend(s3, policy).put("k", b"y")
+    assert server.count("PUT", key="k") == 1 + 3
+    assert s3.get_range("k", 0, 10) == b"x"
+
+
+def test_transient_status_codes_map_to_transient(server: S3TestServer, s3: S3Backend) -> None:
+    s3.put("k", b"x")
+    for status, code in [(503, "SlowDown"), (500, "InternalError"), (429, "TooManyRequests")]:
+        server.fail_next(1, status=status, code=code)
+        with pytest.raises(errors.Transient):
+            s3.get_range("k", 0, 1)
+    server.fail_next(1, status=400, code="InvalidArgument")
+    with pytest.raises(errors.BackendError) as exc:
+        s3.get_range("k", 0, 1)
+    assert not isinstance(exc.value, errors.Transient)
+
+
+# ---------------------------------------------------------------------- dead endpoints
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """An endpoint that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            held.append(conn)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_black_holed_endpoint_fails_within_the_deadline(black_hole: str) -> None:
+    options = BackendOptions(
+        endpoint_url=black_hole,
+        region="us-east-1",
+        connect_timeout=0.5,
+        read_timeout=0.5,
+        retry=RetryPolicy(max_attempts=3, base_delay=0.05, deadline=2),
+    )
+    backend = RetryingBackend(S3Backend("bucket", options), options.retry)
+    t0 = time.monotonic()
+    with pytest.raises(errors.Unavailable) as exc:
+        backend.head("k")
+    elapsed = time.monotonic() - t0
+    backend.close()
+    assert elapsed < 4, f"took {elapsed:.1f}s"
+    assert elapsed >= 0.5  # it did wait for an answer
+    assert black_hole in str(exc.value)
+    assert isinstance(exc.value, errors.UserError)
+
+
+def test_unreachable_endpoint_is_unavailable_with_a_clear_message() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again on exit: connections are refused
+    endpoint = f"http://127.0.0.1:{port}"
+    options = BackendOptions(
+        endpoint_url=endpoint,
+        region="us-east-1",
+        connect_timeout=0.5,
+        read_timeout=0.5,
+        retry=RetryPolicy(max_attempts=3, base_delay=0.01, deadline=2),
+    )
+    backend = RetryingBackend(S3Backend("bucket", options), options.retry)
+    with pytest.raises(errors.Unavailable) as exc:
+        backend.check_bucket()
+    backend.close()
+    message = str(exc.value)
+    assert "cannot connect to" in message and endpoint in message
+    assert "3 attempt(s)" in message
+
+
+# ---------------------------------------------------------------------- buckets and credentials
+
+
+def test_missing_bucket_is_bucket_not_found(server: S3TestServer) -> None:
+    backend = S3Backend(
+        "no-such-bucket-anywhere",
+        BackendOptions(endpoint_url=server.endpoint_url, region="us-east-1"),
+    )
+    with pytest.raises(errors.BucketNotFound) as exc:
+        backend.check_bucket()
+    assert "no-such-bucket-anywhere" in str(exc.value)
+    assert isinstance(exc.value, errors.UserError)
+    with pytest.raises(errors.BucketNotFound):
+        backend.list("")
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[str]:
+    """A server that checks credentials (moto's IAM): in a subprocess, because moto's switch
+    for that is process-wide."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wsfuse.testing.s3server",
+            "--port",
+            "0",
+            "--require-auth",
+            "--bucket",
+            "authbucket",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://"), url
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_bad_credentials_are_permission_denied(auth_server: str) -> None:
+    # conftest's AWS_ACCESS_KEY_ID is unknown to this server's IAM
+    backend = S3Backend("authbucket", BackendOptions(endpoint_url=auth_server, region="us-east-1"))
+    with pytest.raises(errors.PermissionDenied) as exc:
+        backend.check_bucket()
+    message = str(exc.value)
+    assert "InvalidAccessKeyId" in message
+    assert "AWS_ACCESS_KEY_ID" in message and "AWS_PROFILE" in message
+    assert SECRET not in message
+    with pytest.raises(errors.PermissionDenied):
+        backend.head("k")  # a HEAD's bare 403 too
+    with pytest.raises(errors.PermissionDenied):
+        backend.put("k", b"x")
+    backend.close()
+
+
+def test_no_credentials_is_permission_denied(
+    server: S3TestServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+    ]:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    backend = S3Backend("whatever", BackendOptions(endpoint_url=server.endpoint_url))
+    with pytest.raises(errors.PermissionDenied, match="no AWS credentials found"):
+        backend.check_bucket()
+    backend.close()
+
+
+def test_unknown_profile_is_permission_denied(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with pytest.raises(errors.PermissionDenied, match="nosuchprofile"):
+        S3Backend("b", BackendOptions(profile="nosuchprofile"))
+
+
+# ---------------------------------------------------------------------- S3 specifics
+
+
+def test_info_fields(server: S3TestServer, s3: S3Backend) -> None:
+    info = s3.put("k", b"abc", metadata={"Mode": "33188"})
+    assert '"' not in info.etag and len(info.etag) == 32  # an MD5, quotes stripped
+    assert info.metadata == {"mode": "33188"}  # S3 lower-cases metadata names
+    head = s3.head("k")
+    assert head.etag == info.etag and head.metadata == {"mode": "33188"}
+    assert abs(head.mtime - info.mtime) <= 2
+    assert abs(head.mtime - datetime.datetime.now(datetime.UTC).timestamp()) < 3600
+    (listed,) = s3.list("").objects
+    assert (listed.etag, listed.size, listed.metadata) == (info.etag, 3, None)
+
+
+def test_past_eof_is_empty_but_missing_key_is_not_found(s3: S3Backend) -> None:
+    s3.put("k", b"0123456789")
+    assert s3.get_range("k", 10, 5) == b""
+    assert s3.get_range("k", 10**12, 5) == b""
+    with pytest.raises(errors.NotFound):
+        s3.get_range("missing", 10**12, 5)
+    etag = s3.head("k").etag
+    assert s3.get_range("k", 50, 5, if_match=etag) == b""
+    with pytest.raises(errors.PreconditionFailed):
+        s3.get_range("k", 50, 5, if_match="0" * 32)
+
+
+def test_zero_length_read_makes_no_request(server: S3TestServer, s3: S3Backend) -> None:
+    server.reset_stats()
+    assert s3.get_range("anything", 0, 0) == b""
+    assert server.count() == 0
+
+
+def test_multipart_copy_above_the_single_copy_limit(server: S3TestServer, s3: S3Backend) -> None:
+    size = 2 * MIN_PART_SIZE + 12345
+    s3.put("src", ramp("src", 0, size), metadata={"mode": "33261"})
+    s3.max_single_copy = MIN_PART_SIZE  # as if this were > 5 GiB
+    s3.copy_part_size = MIN_PART_SIZE
+    server.reset_stats()
+    info = s3.copy("src", "dst")
+    assert server.count("UPLOAD_PART_COPY", key="dst") == 3
+    assert server.count("COPY") == 0 and server.count("GET") == 0
+    assert info.size == size and info.metadata == {"mode": "33261"}
+    head = s3.head("dst")
+    assert (head.size, head.etag, head.metadata) == (size, info.etag, {"mode": "33261"})
+    for offset in (0, MIN_PART_SIZE - 5, 2 * MIN_PART_SIZE + 1, size - 100):
+        assert s3.get_range("dst", offset, 4096) == ramp("src", offset, min(4096, size - offset))
+    s3.copy("src", "dst2", metadata={"uid": "7"})
+    assert s3.head("dst2").metadata == {"uid": "7"}
+    assert s3.list_multipart("") == []
+
+
+def test_failed_multipart_copy_aborts_its_upload(server: S3TestServer, s3: S3Backend) -> None:
+    s3.put("src", ramp("src", 0, 2 * MIN_PART_SIZE))
+    s3.max_single_copy = MIN_PART_SIZE
+    server.fail_next(5, status=400, code="InvalidRequest", kind="UPLOAD_PART_COPY")
+    with pytest.raises(errors.BackendError):
+        s3.copy("src", "dst")
+    assert s3.list_multipart("") == []
+    with pytest.raises(errors.NotFound):
+        s3.head("dst")
+
+
+def test_copy_onto_itself_keeps_or_replaces_metadata(s3: S3Backend) -> None:
+    s3.put("k", b"data", metadata={"mode": "1"})
+    assert s3.copy("k", "k").metadata == {"mode": "1"}
+    s3.copy("k", "k", metadata={"mode": "2"})
+    assert s3.head("k").metadata == {"mode": "2"}
+    assert s3.get_range("k", 0, 10) == b"data"
+
+
+def test_list_multipart_and_abort_unknown(s3: S3Backend) -> None:
+    a = s3.create_multipart("dir/a")
+    b = s3.create_multipart("other")
+    assert {u.upload_id for u in s3.list_multipart("dir/")} == {a}
+    assert {u.key for u in s3.list_multipart("")} == {"dir/a", "other"}
+    now = time.time()  # the server reports real initiation times (stock moto: 2010)
+    assert all(abs(u.initiated - now) < 600 for u in s3.list_multipart(""))
+    s3.abort_multipart("dir/a", a)
+    s3.abort_multipart("dir/a", a)
+    s3.abort_multipart("other", "no-such-upload-id")
+    s3.abort_multipart("other", b)
+    assert s3.list_multipart("") == []
+
+
+# ---------------------------------------------------------------------- the error table
+
+
+def client_error(code: str, status: int, message: str = "msg") -> ClientError:
+    response: Any = {
+        "Error": {"Code": code, "Message": message},
+        "ResponseMetadata": {"HTTPStatusCode": status},
+    }
+    return ClientError(response, "GetObject")
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected"),
+    [
+        (client_error("NoSuchKey", 404), errors.NotFound),
+        (client_error("404", 404), errors.NotFound),
+        (client_error("NoSuchUpload", 404), errors.NotFound),
+        (client_error("NoSuchBucket", 404), errors.BucketNotFound),
+        (client_error("PreconditionFailed", 412), errors.PreconditionFailed),
+        (client_error("412", 412), errors.PreconditionFailed),
+        (client_error("AccessDenied", 403), errors.PermissionDenied),
+        (client_error("403", 403), errors.PermissionDenied),
+        (client_error("InvalidAccessKeyId", 403), errors.PermissionDenied),
+        (client_error("SignatureDoesNotMatch", 403), errors.PermissionDenied),
+        (client_error("SlowDown", 503), errors.Transient),
+        (client_error("503", 503), errors.Transient),
+        (client_error("InternalError", 500), errors.Transient),
+        (client_error("RequestTimeout", 400), errors.Transient),
+        (client_error("Throttling", 400), errors.Transient),
+        (client_error("429", 429), errors.Transient),
+        (client_error("Whatever", 502), errors.Transient),
+        (client_error("KeyTooLongError", 400), errors.InvalidKey),
+        (client_error("InvalidArgument", 400), errors.BackendError),
+        (EndpointConnectionError(endpoint_url="http://x"), errors.Transient),
+        (ConnectTimeoutError(endpoint_url="http://x"), errors.Transient),
+        (ReadTimeoutError(endpoint_url="http://x"), errors.Transient),
+        (ConnectionResetError(), errors.Transient),
+        (NoCredentialsError(), errors.PermissionDenied),
+    ],
+)
+def test_error_mapping(exc: BaseException, expected: type[errors.BackendError]) -> None:
+    mapped = map_error(exc, op="get", bucket="bkt", key="k", endpoint="http://endpoint")
+    assert type(mapped) is expected
+    assert mapped.key == "k"
+    if expected is errors.PermissionDenied:
+        assert "AWS_ACCESS_KEY_ID" in str(mapped)
+    if expected is errors.Transient and not isinstance(exc, ClientError):
+        assert "http://endpoint" in str(mapped)

@@ -1,0 +1,343 @@
+"""The local S3 test server itself, through plain boto3: its fast ranged GETs must answer
+exactly as S3 does, and its counters, latency and fault injection must be trustworthy, since
+other tests and the benchmarks rely on them."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.conftest import fresh_bucket_name
+from wsfuse.testing.s3server import S3TestServer
+
+MIB = 1024 * 1024
+
+
+def data_of(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+@pytest.fixture
+def server(s3_server: Any) -> Iterator[S3TestServer]:
+    assert isinstance(s3_server, S3TestServer)
+    s3_server.reset_stats()
+    s3_server.clear_faults()
+    try:
+        yield s3_server
+    finally:
+        s3_server.latency = 0.0
+        s3_server.clear_faults()
+
+
+@pytest.fixture
+def client(server: S3TestServer) -> Iterator[Any]:
+    c = server.client()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def bucket(server: S3TestServer) -> str:
+    name = fresh_bucket_name("srv")
+    server.create_bucket(name)
+    return name
+
+
+def get(client: Any, bucket: str, key: str, range_: str | None = None, **kw: Any) -> Any:
+    args: dict[str, Any] = {"Bucket": bucket, "Key": key, **kw}
+    if range_ is not None:
+        args["Range"] = range_
+    resp = client.get_object(**args)
+    resp["data"] = resp["Body"].read()
+    return resp
+
+
+def error_of(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
+    response: Any = exc.value.response
+    return response["Error"]["Code"], response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def upload_multipart(client: Any, bucket: str, key: str, data: bytes, part: int) -> None:
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key=key, Metadata={"m": "p"})[
+        "UploadId"
+    ]
+    parts = []
+    for number, offset in enumerate(range(0, len(data), part), start=1):
+        resp = client.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=data[offset : offset + part],
+        )
+        parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+    client.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+    )
+
+
+# ---------------------------------------------------------------------- ranged GETs
+
+
+@pytest.mark.parametrize("layout", ["single", "multipart"])
+def test_random_ranges_match_the_object(
+    server: S3TestServer, client: Any, bucket: str, layout: str
+) -> None:
+    size = 3 * 5 * MIB + 12345 if layout == "multipart" else 3 * MIB + 7
+    data = data_of(size, seed=size)
+    if layout == "multipart":
+        upload_multipart(client, bucket, "obj", data, 5 * MIB)  # parts: 5, 5, 5 MiB + 12345
+    else:
+        client.put_object(Bucket=bucket, Key="obj", Body=data, Metadata={"m": "p"})
+    head = client.head_object(Bucket=bucket, Key="obj")
+    rng = random.Random(7)
+    boundary = 5 * MIB if layout == "multipart" else MIB  # a part boundary, or not
+    cases = [(0, 0), (0, size - 1), (size - 1, size - 1), (boundary - 3, boundary + 3)]
+    cases += [(a, a + rng.randrange(1, 2 * MIB)) for a in rng.sample(range(size), 20)]
+    server.reset_stats()
+    for first, last in cases:
+        resp = get(client, bucket, "obj", f"bytes={first}-{last}")
+        end = min(last, size - 1)
+        assert resp["data"] == data[first : end + 1], (first, last)
+        assert resp["ContentRange"] == f"bytes {first}-{end}/{size}"
+        assert resp["ContentLength"] == end - first + 1
+        assert resp["ETag"] == head["ETag"]
+        assert resp["Metadata"] == {"m": "p"}
+        assert resp["LastModified"] == head["LastModified"]
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == 206
+    # open-ended range and a full GET (the latter answered by moto itself)
+    assert get(client, bucket, "obj", f"bytes={size - 10}-")["data"] == data[-10:]
+    assert get(client, bucket, "obj")["data"] == data
+    assert server.count("GET", key="obj") == len(cases) + 2
+    assert (
+        server.bytes_sent("GET", key="obj")
+        == sum(min(last, size - 1) - first + 1 for first, last in cases) + 10 + size
+    )
+
+
+def test_range_past_end_is_416_and_straddling_is_short(client: Any, bucket: str) -> None:
+    client.put_object(Bucket=bucket, Key="k", Body=b"0123456789")
+    assert get(client, bucket, "k", "bytes=8-100")["data"] == b"89"
+    for spec in ("bytes=10-20", "bytes=10-", "bytes=1000-2000"):
+        with pytest.raises(ClientError) as exc:
+            get(client, bucket, "k", spec)
+        assert error_of(exc) == ("InvalidRange", 416)
+    client.put_object(Bucket=bucket, Key="empty", Body=b"")
+    with pytest.raises(ClientError) as exc:
+        get(client, bucket, "empty", "bytes=0-10")
+    assert error_of(exc) == ("InvalidRange", 416)
+
+
+def test_range_of_missing_key_or_bucket_is_404(client: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as exc:
+        get(client, bucket, "missing", "bytes=0-10")
+    assert error_of(exc) == ("NoSuchKey", 404)
+    with pytest.raises(ClientError) as exc:
+        get(client, "no-such-bucket-here", "k", "bytes=0-10")
+    assert error_of(exc) == ("NoSuchBucket", 404)
+
+
+def test_if_match(client: Any, bucket: str) -> None:
+    etag = client.put_object(Bucket=bucket, Key="k", Body=b"version one")["ETag"]
+    assert get(client, bucket, "k", "bytes=0-6", IfMatch=etag)["data"] == b"version"
+    assert get(client, bucket, "k", "bytes=0-6", IfMatch=etag.strip('"'))["data"] == b"version"
+    client.put_object(Bucket=bucket, Key="k", Body=b"version two")
+    with pytest.raises(ClientError) as exc:
+        get(client, bucket, "k", "bytes=0-6", IfMatch=etag)
+    assert error_of(exc) == ("PreconditionFailed", 412)
+    # If-Match is checked before the range (RFC 9110): a stale etag past the end is still 412
+    with pytest.raises(ClientError) as exc:
+        get(client, bucket, "k", "bytes=100-200", IfMatch=etag)
+    assert error_of(exc) == ("PreconditionFailed", 412)
+
+
+def test_ranges_of_unicode_keys(client: Any, bucket: str) -> None:
+    for key in ["dir with space/naïve ü.txt", "a+b=c&d.txt", "pct%20x", "emoji 🚀", "q?x=1#y"]:
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+        assert get(client, bucket, key, "bytes=1-3")["data"] == key.encode()[1:4]
+
+
+def test_parallel_ranges_during_overwrites(client: Any, bucket: str) -> None:
+    """A ranged GET racing an overwrite sees the old or the new object, never an error."""
+    old, new = b"a" * MIB, b"b" * MIB
+    client.put_object(Bucket=bucket, Key="k", Body=old)
+
+    def read(i: int) -> bytes:
+        data: bytes = get(client, bucket, "k", f"bytes={i * 1000}-{i * 1000 + 999}")["data"]
+        return data
+
+    with ThreadPoolExecutor(8) as pool:
+        reads = [pool.submit(read, i) for i in range(200)]
+        for i in range(20):
+            client.put_object(Bucket=bucket, Key="k", Body=new if i % 2 else old)
+        for r in reads:
+            assert r.result() in (b"a" * 1000, b"b" * 1000)
+
+
+# ---------------------------------------------------------------------- counting
+
+
+def test_requests_are_counted_by_kind_and_key(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    client.put_object(Bucket=bucket, Key="k", Body=b"hello")
+    get(client, bucket, "k", "bytes=0-1")
+    client.head_object(Bucket=bucket, Key="k")
+    client.list_objects_v2(Bucket=bucket, Prefix="", Delimiter="/")
+    client.copy_object(Bucket=bucket, Key="k2", CopySource={"Bucket": bucket, "Key": "k"})
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="mp")["UploadId"]
+    etag = client.upload_part(Bucket=bucket, Key="mp", UploadId=upload_id, PartNumber=1, Body=b"x")[
+        "ETag"
+    ]
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="mp",
+        UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
+    )
+    aborted = client.create_multipart_upload(Bucket=bucket, Key="ab")["UploadId"]
+    client.list_multipart_uploads(Bucket=bucket)
+    client.abort_multipart_upload(Bucket=bucket, Key="ab", UploadId=aborted)
+    client.delete_object(Bucket=bucket, Key="k2")
+    kinds = [(r.kind, r.key) for r in server.requests]
+    assert kinds == [
+        ("PUT", "k"),
+        ("GET", "k"),
+        ("HEAD", "k"),
+        ("LIST", None),
+        ("COPY", "k2"),
+        ("CREATE_MPU", "mp"),
+        ("UPLOAD_PART", "mp"),
+        ("COMPLETE_MPU", "mp"),
+        ("CREATE_MPU", "ab"),
+        ("LIST_MPU", None),
+        ("ABORT_MPU", "ab"),
+        ("DELETE", "k2"),
+    ]
+    assert all(r.bucket == bucket for r in server.requests)
+    assert server.count("GET", key="k") == 1
+    assert server.count("GET", key="other") == 0
+    assert server.count(bucket=bucket) == len(kinds)
+    assert server.stats["CREATE_MPU"] == 2
+    get_record = server.requests[1]
+    assert (get_record.bytes_sent, get_record.status) == (2, 206)
+    server.reset_stats()
+    assert server.requests == [] and server.count() == 0
+
+
+def test_upload_part_to_missing_upload_is_no_such_upload(client: Any, bucket: str) -> None:
+    upload_id = client.create_multipart_upload(Bucket=bucket, Key="k")["UploadId"]
+    client.abort_multipart_upload(Bucket=bucket, Key="k", UploadId=upload_id)
+    with pytest.raises(ClientError) as exc:
+        client.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=b"x")
+    assert error_of(exc) == ("NoSuchUpload", 404)
+
+
+# ---------------------------------------------------------------------- latency
+
+
+def test_latency_is_per_request_and_parallel_requests_overlap(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    with server.no_latency():
+        client.put_object(Bucket=bucket, Key="k", Body=b"x")
+    server.latency = 0.3
+    t0 = time.perf_counter()
+    client.head_object(Bucket=bucket, Key="k")
+    one = time.perf_counter() - t0
+    assert one >= 0.3
+    with ThreadPoolExecutor(2) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(lambda _: get(client, bucket, "k", "bytes=0-0"), range(2)))
+        two = time.perf_counter() - t0
+    assert two < 0.55, f"two parallel requests took {two:.2f}s: they did not overlap"
+    with server.no_latency():
+        t0 = time.perf_counter()
+        client.head_object(Bucket=bucket, Key="k")
+        assert time.perf_counter() - t0 < 0.25
+
+
+# ---------------------------------------------------------------------- faults
+
+
+def test_fail_next_answers_slowdown_then_succeeds(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    client.put_object(Bucket=bucket, Key="k", Body=b"abc")
+    server.fail_next(1, status=503, code="SlowDown")
+    with pytest.raises(ClientError) as exc:
+        get(client, bucket, "k", "bytes=0-1")
+    assert error_of(exc) == ("SlowDown", 503)
+    assert get(client, bucket, "k", "bytes=0-1")["data"] == b"ab"
+    assert [r.status for r in server.requests[-2:]] == [503, 206]
+
+
+def test_fail_next_filters_by_kind_and_key(server: S3TestServer, client: Any, bucket: str) -> None:
+    server.fail_next(2, status=500, code="InternalError", kind="PUT", key="bad")
+    client.put_object(Bucket=bucket, Key="good", Body=b"x" * 100_000)  # not matched
+    client.head_object(Bucket=bucket, Key="good")
+    for _ in range(2):
+        with pytest.raises(ClientError) as exc:
+            client.put_object(Bucket=bucket, Key="bad", Body=b"y" * 100_000)  # body drained
+        assert error_of(exc) == ("InternalError", 500)
+    client.put_object(Bucket=bucket, Key="bad", Body=b"z")
+    assert get(client, bucket, "bad")["data"] == b"z"
+    # a HEAD fault has no body, as on S3
+    server.fail_next(1, status=503, kind="HEAD")
+    with pytest.raises(ClientError) as exc:
+        client.head_object(Bucket=bucket, Key="good")
+    assert error_of(exc)[1] == 503
+
+
+# ---------------------------------------------------------------------- lifecycle
+
+
+def test_context_manager_frees_the_port() -> None:
+    with S3TestServer() as srv:
+        url = srv.endpoint_url
+        srv.create_bucket(fresh_bucket_name("own"))
+        c = srv.client()
+        assert c.list_buckets()["ResponseMetadata"]["HTTPStatusCode"] == 200
+    port = int(url.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again
+    c.close()
+
+
+def test_standalone_server_prints_its_endpoint() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsfuse.testing.s3server", "--port", "0", "--bucket", "standalone"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        c = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+        )
+        names = [b["Name"] for b in c.list_buckets()["Buckets"]]
+        assert "standalone" in names
+        c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()

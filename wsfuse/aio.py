@@ -1,0 +1,55 @@
+"""The async face of a backend: every call runs in a worker thread behind a named limiter.
+
+The trio thread never blocks on the network. Reads may be abandoned on cancellation (they are
+idempotent and the client's read timeout bounds how long the thread lingers); writes are not
+(a cancelled PUT must not leave us unsure whether it happened while we pretend it did not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+import trio
+
+from wsfuse.backends.base import Backend, ListPage, ObjectInfo
+
+T = TypeVar("T")
+
+
+class AsyncBackend:
+    def __init__(self, backend: Backend, *, concurrency: int) -> None:
+        self.backend = backend
+        # Sized to the HTTP connection pool: more threads would only queue inside urllib3.
+        self.limiter = trio.CapacityLimiter(concurrency)
+        self.limiter_name = "backend"
+        self.requests = 0
+        self.bytes_received = 0
+
+    async def _run(self, fn: Callable[[], T], *, abandon: bool) -> T:
+        self.requests += 1
+        return await trio.to_thread.run_sync(fn, limiter=self.limiter, abandon_on_cancel=abandon)
+
+    async def head(self, key: str) -> ObjectInfo:
+        return await self._run(partial(self.backend.head, key), abandon=True)
+
+    async def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
+        data = await self._run(
+            partial(self.backend.get_range, key, offset, length, if_match=if_match), abandon=True
+        )
+        self.bytes_received += len(data)
+        return data
+
+    async def list(
+        self, prefix: str, *, delimiter: str | None = "/", token: str | None = None
+    ) -> ListPage:
+        return await self._run(
+            partial(self.backend.list, prefix, delimiter=delimiter, token=token), abandon=True
+        )
+
+    async def run_sync(self, fn: Callable[[], T]) -> T:
+        """Any other backend call (writes): not abandoned on cancellation."""
+        return await self._run(fn, abandon=False)

@@ -1,0 +1,578 @@
+"""The S3 backend: boto3, one client per backend, no hidden retries.
+
+The client is built once (boto3 clients are thread-safe; sessions are not) with a connection
+pool sized to the filesystem's parallelism, short connect and read timeouts, and botocore's
+own retries off: `wsfuse.backends.retry` is the one place that retries. The request/response
+checksums that recent botocore adds by default are off too ("when_required"): TCP (and TLS)
+already protect the bytes, and hashing every ranged GET twice costs more CPU than the FUSE
+layer itself.
+
+Errors are mapped in one function, `map_error`, onto `wsfuse.errors`: missing keys and uploads
+are `NotFound`, 403s are `PermissionDenied` with a hint about credentials, 5xx / throttling /
+timeouts / resets are `Transient`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import email.utils
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import botocore.exceptions
+import urllib3.exceptions
+from botocore.config import Config
+
+from wsfuse import errors
+from wsfuse.backends.base import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_PART_SIZE,
+    MAX_SINGLE_COPY,
+    Backend,
+    Capabilities,
+    ListPage,
+    ObjectInfo,
+    PartInfo,
+    UploadInfo,
+    part_size_for,
+)
+from wsfuse.backends.options import BackendOptions
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload", "NoSuchVersion"})
+_PRECONDITION = frozenset({"PreconditionFailed", "412"})
+_DENIED = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "Forbidden",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "InvalidClientTokenId",
+        "AllAccessDisabled",
+        "AccountProblem",
+    }
+)
+_TRANSIENT = frozenset(
+    {
+        "SlowDown",
+        "503",
+        "500",
+        "502",
+        "504",
+        "429",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequests",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+        "InternalError",
+        "ServiceUnavailable",
+        "PriorRequestNotComplete",
+        # a concurrent conditional write on the same key: S3 says to retry
+        "ConditionalRequestConflict",
+        "OperationAborted",
+    }
+)
+_WRONG_REGION = frozenset(
+    {
+        "PermanentRedirect",
+        "301",
+        "AuthorizationHeaderMalformed",
+        "IllegalLocationConstraintException",
+    }
+)
+_INVALID_KEY = frozenset({"KeyTooLongError"})
+_CREDENTIALS_HINT = (
+    "check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+    "~/.aws/credentials or the instance role) and that they may access this bucket"
+)
+_NO_CREDENTIALS = (
+    "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
+    "instance role"
+)
+# Failures of the connection itself: worth retrying (the retry layer gives up at its deadline).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,  # ResponseStreamingError, ...
+    botocore.exceptions.IncompleteReadError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+def _strip(etag: str) -> str:
+    return etag.strip().strip('"')
+
+
+def _quote(etag: str) -> str:
+    return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
+
+
+def _timestamp(value: datetime) -> float:
+    return value.timestamp()
+
+
+def _response_time(response: Mapping[str, Any]) -> float:
+    """The server's Date header of a response (S3 sets Last-Modified to the request time)."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    if date:
+        with contextlib.suppress(TypeError, ValueError):
+            return email.utils.parsedate_to_datetime(date).timestamp()
+    return time.time()
+
+
+def map_error(
+    exc: BaseException,
+    *,
+    op: str,
+    bucket: str,
+    key: str | None = None,
+    endpoint: str = "S3",
+) -> errors.BackendError:
+    """The `wsfuse.errors` equivalent of a boto3/botocore/urllib3 failure."""
+    where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
+    if isinstance(exc, errors.BackendError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        meta = exc.response.get("ResponseMetadata", {})
+        code = str(err.get("Code") or "")
+        status = int(meta.get("HTTPStatusCode") or 0)
+        text = str(err.get("Message") or "").strip()
+        detail = f"{code}{' ' + repr(text) if text else ''} (HTTP {status or '?'})"
+        if code == "NoSuchBucket":
+            return errors.BucketNotFound(
+                f"bucket {bucket!r} does not exist at {endpoint}; check the bucket name in the "
+                "storage URI (and --endpoint-url / --region), or create the bucket first",
+                key=key,
+            )
+        if code in _NOT_FOUND:
+            return errors.NotFound(f"{op} {where}: not found ({detail})", key=key)
+        if code in _PRECONDITION:
+            return errors.PreconditionFailed(
+                f"{op} {where}: the object is not the expected version ({detail})", key=key
+            )
+        if code in _DENIED:
+            return errors.PermissionDenied(
+                f"{op} {where}: access denied ({detail}); {_CREDENTIALS_HINT}", key=key
+            )
+        if code in _TRANSIENT or status >= 500 or status == 429:
+            return errors.Transient(f"{op} {where}: {detail} from {endpoint}", key=key)
+        if code in _WRONG_REGION:
+            return errors.BackendError(
+                f"{op} {where}: {detail}; the bucket is probably in another region: pass "
+                "--region (or set AWS_REGION) to the bucket's region",
+                key=key,
+            )
+        if code in _INVALID_KEY:
+            return errors.InvalidKey(f"{op} {where}: {detail}", key=key)
+        return errors.BackendError(f"{op} {where}: {detail}", key=key)
+    if isinstance(
+        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
+        return errors.PermissionDenied(_NO_CREDENTIALS, key=key)
+    if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
+        return errors.PermissionDenied(
+            f"cannot load AWS credentials ({exc}); {_CREDENTIALS_HINT}", key=key
+        )
+    if isinstance(exc, botocore.exceptions.SSLError):
+        return errors.BackendError(
+            f"{op} {where}: TLS error talking to {endpoint}: {exc}; check the endpoint URL and "
+            "AWS_CA_BUNDLE",
+            key=key,
+        )
+    if isinstance(
+        exc, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.EndpointConnectionError
+    ):
+        return errors.Transient(
+            f"{op} {where}: cannot connect to {endpoint} ({type(exc).__name__}); check "
+            "--endpoint-url and the network",
+            key=key,
+        )
+    if isinstance(exc, botocore.exceptions.ReadTimeoutError):
+        return errors.Transient(
+            f"{op} {where}: no answer from {endpoint} in time ({type(exc).__name__})", key=key
+        )
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return errors.Transient(
+            f"{op} {where}: connection to {endpoint} failed ({type(exc).__name__}: {exc})",
+            key=key,
+        )
+    if isinstance(exc, botocore.exceptions.ParamValidationError):
+        return errors.InvalidKey(f"{op} {where}: {exc}", key=key)
+    return errors.BackendError(f"{op} {where}: {type(exc).__name__}: {exc}", key=key)
+
+
+def _is_range_error(exc: botocore.exceptions.ClientError) -> bool:
+    code = str(exc.response.get("Error", {}).get("Code") or "")
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return code == "InvalidRange" or (status == 416 and code in ("", "416"))
+
+
+class S3Backend(Backend):
+    """One S3 bucket (or an S3-compatible store at `options.endpoint_url`)."""
+
+    def __init__(self, bucket: str, options: BackendOptions) -> None:
+        self.bucket = bucket
+        self.name = f"s3://{bucket}"
+        self.capabilities = Capabilities()
+        self.options = options
+        #: above this size `copy` uses a multipart copy (S3's limit; lowered by tests)
+        self.max_single_copy = MAX_SINGLE_COPY
+        #: preferred part size of a multipart copy (grown by `part_size_for` if needed)
+        self.copy_part_size = DEFAULT_PART_SIZE
+        config = Config(
+            max_pool_connections=options.max_connections,
+            connect_timeout=options.connect_timeout,
+            read_timeout=options.read_timeout,
+            # One attempt: retries, backoff and deadlines live in wsfuse.backends.retry.
+            # (`max_attempts` counts *retries* in botocore's Config; `total_max_attempts`
+            # counts attempts.)
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            s3={"addressing_style": options.addressing_style},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            tcp_keepalive=True,
+        )
+        try:
+            session = boto3.session.Session(profile_name=options.profile)
+            # (resolves the credential chain now: a broken profile fails here, not mid-read)
+            self._client: S3Client = session.client(
+                "s3",
+                region_name=options.region,
+                endpoint_url=options.endpoint_url,
+                config=config,
+            )
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise errors.PermissionDenied(
+                f"AWS profile {options.profile!r} not found in ~/.aws/config or "
+                "~/.aws/credentials; check --profile / AWS_PROFILE"
+            ) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise map_error(
+                exc, op="connect", bucket=bucket, endpoint=options.endpoint_url or "S3"
+            ) from exc
+        self.endpoint = options.endpoint_url or str(self._client.meta.endpoint_url)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _mapped(self, op: str, key: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except errors.BackendError:
+            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._error(exc, op, key) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._error(exc, op, key) from exc
+
+    def _error(self, exc: BaseException, op: str, key: str | None) -> errors.BackendError:
+        return map_error(exc, op=op, bucket=self.bucket, key=key, endpoint=self.endpoint)
+
+    # ------------------------------------------------------------------ reads
+
+    def head(self, key: str) -> ObjectInfo:
+        with self._mapped("head", key):
+            resp = self._client.head_object(Bucket=self.bucket, Key=key)
+        return ObjectInfo(
+            key=key,
+            size=int(resp["ContentLength"]),
+            etag=_strip(resp["ETag"]),
+            mtime=_timestamp(resp["LastModified"]),
+            metadata=dict(resp.get("Metadata", {})),
+        )
+
+    def get_range(
+        self, key: str, offset: int, length: int, *, if_match: str | None = None
+    ) -> bytes:
+        if offset < 0 or length < 0:
+            raise ValueError(f"bad range: offset {offset}, length {length}")
+        if length == 0:
+            return b""
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Range": f"bytes={offset}-{offset + length - 1}",
+        }
+        if if_match is not None:
+            kwargs["IfMatch"] = _quote(if_match)
+        try:
+            with self._mapped("get", key):
+                resp = self._client.get_object(**kwargs)
+                body = resp["Body"]
+                try:
+                    data = body.read()
+                finally:
+                    body.close()
+        except errors.BackendError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, botocore.exceptions.ClientError) and _is_range_error(cause):
+                return b""  # at or past the end of the object: S3 answers 416
+            raise
+        status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 206)
+        if status == 200:  # the store ignored the Range (some do, e.g. for empty objects)
+            return data[offset : offset + length]
+        return data
+
+    def list(
+        self,
+        prefix: str,
+        *,
+        delimiter: str | None = "/",
+        token: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> ListPage:
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Prefix": prefix,
+            "MaxKeys": max(1, min(page_size, DEFAULT_PAGE_SIZE)),
+        }
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        if token:
+            kwargs["ContinuationToken"] = token
+        with self._mapped("list", prefix):
+            resp = self._client.list_objects_v2(**kwargs)
+        objects = [
+            ObjectInfo(
+                key=item["Key"],
+                size=int(item["Size"]),
+                etag=_strip(item.get("ETag", "")),
+                mtime=_timestamp(item["LastModified"]),
+                metadata=None,
+            )
+            for item in resp.get("Contents", [])
+        ]
+        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", []) if "Prefix" in p]
+        next_token = resp.get("NextContinuationToken") if resp.get("IsTruncated") else None
+        return ListPage(objects=objects, prefixes=prefixes, next_token=next_token or None)
+
+    # ------------------------------------------------------------------ writes
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        meta = _metadata(metadata)
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data, "Metadata": meta}
+        if if_match is not None:
+            kwargs["IfMatch"] = _quote(if_match)
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        with self._mapped("put", key):
+            resp = self._client.put_object(**kwargs)
+        return ObjectInfo(
+            key=key,
+            size=len(data),
+            etag=_strip(resp["ETag"]),
+            mtime=_response_time(resp),
+            metadata=meta,
+        )
+
+    def create_multipart(self, key: str, *, metadata: Mapping[str, str] | None = None) -> str:
+        with self._mapped("create_multipart", key):
+            resp = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=key, Metadata=_metadata(metadata)
+            )
+        return resp["UploadId"]
+
+    def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
+        with self._mapped(f"upload_part {number}", key):
+            resp = self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+            )
+        return PartInfo(number=number, etag=_strip(resp["ETag"]), size=len(data))
+
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
+        ordered = sorted(parts, key=lambda p: p.number)
+        with self._mapped("complete_multipart", key):
+            resp = self._client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": p.number, "ETag": _quote(p.etag)} for p in ordered]
+                },
+            )
+        return ObjectInfo(
+            key=key,
+            size=sum(p.size for p in ordered),
+            etag=_strip(resp["ETag"]),
+            mtime=_response_time(resp),
+            metadata=None,
+        )
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            with self._mapped("abort_multipart", key):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except errors.NotFound as exc:
+            if isinstance(exc, errors.BucketNotFound):
+                raise
+            return  # unknown (already aborted or completed) upload: success
+
+    def list_multipart(self, prefix: str) -> builtins.list[UploadInfo]:
+        uploads: builtins.list[UploadInfo] = []
+        key_marker: str | None = None
+        upload_marker: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if key_marker:
+                kwargs["KeyMarker"] = key_marker
+            if upload_marker:
+                kwargs["UploadIdMarker"] = upload_marker
+            with self._mapped("list_multipart", prefix):
+                resp = self._client.list_multipart_uploads(**kwargs)
+            for upload in resp.get("Uploads", []):
+                key = upload.get("Key", "")
+                if key.startswith(prefix) and "UploadId" in upload:
+                    initiated = upload.get("Initiated")
+                    uploads.append(
+                        UploadInfo(
+                            key=key,
+                            upload_id=upload["UploadId"],
+                            initiated=_timestamp(initiated) if initiated else 0.0,
+                        )
+                    )
+            next_key = resp.get("NextKeyMarker")
+            next_upload = resp.get("NextUploadIdMarker")
+            if not resp.get("IsTruncated") or (
+                (next_key, next_upload) == (key_marker, upload_marker)
+            ):
+                return uploads
+            key_marker, upload_marker = next_key, next_upload
+
+    def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
+        source = self.head(src)
+        new_meta = dict(source.metadata or {}) if metadata is None else _metadata(metadata)
+        if src == dst and metadata is None:
+            return source  # S3 refuses a copy onto itself that changes nothing
+        if source.size > self.max_single_copy:
+            return self._multipart_copy(src, dst, source, new_meta)
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": dst,
+            "CopySource": {"Bucket": self.bucket, "Key": src},
+            # pin the version we measured: a concurrent overwrite fails instead of mixing
+            "CopySourceIfMatch": _quote(source.etag),
+            "MetadataDirective": "COPY" if metadata is None else "REPLACE",
+        }
+        if metadata is not None:
+            kwargs["Metadata"] = new_meta
+        try:
+            with self._mapped("copy", src):
+                resp = self._client.copy_object(**kwargs)
+        except errors.PreconditionFailed as exc:
+            raise errors.Transient(
+                f"copy s3://{self.bucket}/{src}: the source changed during the copy", key=src
+            ) from exc
+        result = resp.get("CopyObjectResult", {})
+        modified = result.get("LastModified")
+        return ObjectInfo(
+            key=dst,
+            size=source.size,
+            etag=_strip(result.get("ETag", "")),
+            mtime=_timestamp(modified) if modified else _response_time(resp),
+            metadata=new_meta,
+        )
+
+    def _multipart_copy(
+        self, src: str, dst: str, source: ObjectInfo, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        """Server-side copy in parts (UploadPartCopy), for sources above `max_single_copy`."""
+        part_size = part_size_for(source.size, self.copy_part_size)
+        ranges = [
+            (number, offset, min(part_size, source.size - offset))
+            for number, offset in enumerate(range(0, source.size, part_size), start=1)
+        ]
+        copy_source = {"Bucket": self.bucket, "Key": src}
+
+        def copy_part(spec: tuple[int, int, int]) -> PartInfo:
+            number, offset, length = spec
+            with self._mapped(f"copy part {number}", src):
+                resp = self._client.upload_part_copy(
+                    Bucket=self.bucket,
+                    Key=dst,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    CopySource=copy_source,  # type: ignore[arg-type]
+                    CopySourceRange=f"bytes={offset}-{offset + length - 1}",
+                    CopySourceIfMatch=_quote(source.etag),
+                )
+            return PartInfo(number=number, etag=_strip(resp["CopyPartResult"]["ETag"]), size=length)
+
+        upload_id = self.create_multipart(dst, metadata=metadata)
+        try:
+            workers = max(1, min(8, len(ranges), self.options.max_connections))
+            with ThreadPoolExecutor(workers, thread_name_prefix="s3-copy") as pool:
+                parts = list(pool.map(copy_part, ranges))
+            info = self.complete_multipart(dst, upload_id, parts)
+        except BaseException as exc:
+            with contextlib.suppress(errors.BackendError):
+                self.abort_multipart(dst, upload_id)
+            if isinstance(exc, errors.PreconditionFailed):
+                raise errors.Transient(
+                    f"copy s3://{self.bucket}/{src}: the source changed during the copy", key=src
+                ) from exc
+            raise
+        return ObjectInfo(
+            key=dst, size=source.size, etag=info.etag, mtime=info.mtime, metadata=metadata
+        )
+
+    def delete(self, key: str) -> None:
+        try:
+            with self._mapped("delete", key):
+                self._client.delete_object(Bucket=self.bucket, Key=key)
+        except errors.NotFound as exc:
+            if isinstance(exc, errors.BucketNotFound):
+                raise
+            return  # a missing key is success (S3 says 204 anyway)
+
+    # ------------------------------------------------------------------ misc
+
+    def check_bucket(self) -> None:
+        """A one-key LIST: needs the permission the filesystem needs, and answers NoSuchBucket /
+        AccessDenied / InvalidAccessKeyId with a body (a HEAD would only say 404 / 403)."""
+        try:
+            with self._mapped("check_bucket"):
+                self._client.list_objects_v2(Bucket=self.bucket, MaxKeys=1, Delimiter="/")
+        except errors.NotFound as exc:
+            if isinstance(exc, errors.BucketNotFound):
+                raise
+            raise errors.BucketNotFound(
+                f"bucket {self.bucket!r} does not exist at {self.endpoint}; check the bucket name "
+                "in the storage URI (and --endpoint-url / --region), or create the bucket first"
+            ) from exc
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """User metadata as S3 stores it: names lower-cased (HTTP headers are case-insensitive)."""
+    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}

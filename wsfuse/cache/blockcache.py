@@ -1,0 +1,686 @@
+"""`BlockCache`: the L1 cache of object blocks on the node's local disk.
+
+One file per block (`blocks/XX/<id>`), each with a self-verifying header, recorded in the
+LMDB index (`MetadataIndex`, "blocks" DB) once it is complete. Every read checks the header
+against the requested `BlockKey` and the data against its CRC32C, so whatever happened to the
+disk, the index or the process, a block is either served exactly as it was fetched or treated
+as a miss (and dropped, with a WARNING).
+
+Concurrency protocol (the long form is in docs/cache.md). The cache is called from trio worker
+threads, concurrently. One `threading.Lock` guards all in-memory state; file reads and writes
+run outside it, the short namespace steps (rename into place + index record) inside it, so the
+in-memory map, the index and the files change together:
+
+    LOCK ORDER: BlockCache._lock before LMDB's write lock (the index never calls back).
+
+A block id is in at most one of three places, each guarded by `_lock`:
+    `_entries`    cached: the file is complete and recorded (the LRU, least recent first);
+    `_writing`    a put is writing its temp file; nobody else writes or removes that id;
+    `_unlinking`  removal decided (eviction, invalidation, corruption), file not yet gone;
+                  a put of that id is skipped until it is gone, so a fresh file is never
+                  deleted by a late unlink.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import google_crc32c
+import lmdb
+
+from wsfuse.cache import schema
+from wsfuse.cache.index import MetadataIndex
+from wsfuse.cache.lock import CacheDirLock
+from wsfuse.cache.schema import BlockKey, BlockRecord, block_id, block_relpath
+
+log = logging.getLogger(__name__)
+
+#: One block per FUSE read request: the kernel sends 1 MiB reads when the mount's max_read
+#: and read_ahead_kb allow it (reference/measurements.md), so a read touches one block file.
+DEFAULT_BLOCK_SIZE: Final = 1 << 20
+#: Access times are persisted in batches: after this many distinct blocks were read...
+ATIME_FLUSH_COUNT: Final = 1024
+#: ...or this many seconds after the oldest unflushed read. They only order the LRU across
+#: restarts, so losing the last batch to a crash costs nothing but a slightly worse order.
+ATIME_FLUSH_INTERVAL: Final = 30.0
+#: At most one WARNING per this many seconds about blocks not cached (disk full, free-space
+#: guard): the condition usually lasts, and one line per 1 MiB read would flood the log.
+SKIP_WARNING_INTERVAL: Final = 60.0
+
+#: Free bytes on the cache's filesystem (injectable so tests can simulate a full disk).
+DiskFree = Callable[[], int]
+#: Wall-clock seconds for access times (injectable so tests control the LRU order).
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatistics:
+    """A snapshot of the cache's counters (since it was opened) and size."""
+
+    #: bytes of block data cached (headers and filesystem rounding not included)
+    cached_bytes: int
+    capacity: int
+    blocks: int
+    hits: int
+    #: gets that returned None, corrupt blocks included
+    misses: int
+    #: blocks dropped because their file failed verification or could not be read
+    corrupt: int
+    #: blocks removed to stay within the capacity or the free-space guard
+    evictions: int
+    #: block data bytes written by `put`
+    bytes_written: int
+    #: puts not cached: no room (capacity, free-space guard) or a failed write
+    skipped: int
+
+
+class BlockCache:
+    """Blocks of object versions, as files in `directory`, bounded by `capacity` bytes of data
+    and by keeping at least `min_free` bytes free on the filesystem.
+
+    Thread-safe. Nothing raises to a reader for a cache problem: a bad block is a miss, a
+    block that cannot be stored is not cached (one rate-limited WARNING). Only programming
+    errors raise (`ValueError` for a block larger than `block_size`).
+
+    The constructor takes the directory's `CacheDirLock` (unless the caller passes the one it
+    holds), opens the index at `directory/index` (unless given one, which then stays the
+    caller's to close) and reconciles files and index; that scan is disk I/O (about 10 ms per
+    10,000 blocks), so construct it in a worker thread.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        capacity: int,
+        min_free: int,
+        index: MetadataIndex | None = None,
+        lock: CacheDirLock | None = None,
+        disk_free: DiskFree | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        if block_size <= 0 or capacity < 0 or min_free < 0:
+            raise ValueError("block_size must be positive, capacity and min_free non-negative")
+        self._directory = directory
+        self._block_size = block_size
+        self._capacity = capacity
+        self._min_free = min_free
+        self._clock = clock
+        self._dir = os.fspath(directory)
+        self._tmp_dir = os.path.join(self._dir, schema.TMP_DIR)
+        self._disk_free = disk_free or self._statvfs_free
+        self._tmp_names = itertools.count()  # next() is atomic under the GIL
+
+        self._lock = threading.Lock()
+        # GUARDED_BY: _lock (everything below)
+        # INVARIANT: _entries, _writing and _unlinking are pairwise disjoint.
+        # INVARIANT: id in _entries => its file is complete and its index record written.
+        self._entries: OrderedDict[bytes, int] = OrderedDict()  # id -> data size, LRU first
+        self._cached_bytes = 0  # INVARIANT: == sum(_entries.values())
+        self._writing: set[bytes] = set()
+        self._doomed: set[bytes] = set()  # INVARIANT: subset of _writing (invalidated mid-put)
+        self._unlinking: dict[bytes, int] = {}  # id -> data size
+        self._unlinking_bytes = 0  # INVARIANT: == sum(_unlinking.values())
+        # Capacity and disk space promised to puts in flight.
+        # INVARIANT: _cached_bytes + _reserved <= capacity, whenever _lock is released.
+        self._reserved = 0
+        self._reserved_disk = 0
+        self._dirty_atimes: dict[bytes, float] = {}
+        self._atimes_dirty_since = math.inf  # monotonic time of the oldest unflushed access
+        self._hits = self._misses = self._corrupt = self._evictions = 0
+        self._bytes_written = self._skipped = 0
+        self._last_skip_warning = -math.inf
+        self._skips_unreported = 0
+        self._closed = False
+
+        self._owns_lock = lock is None
+        if lock is None:
+            lock = CacheDirLock.acquire(directory)
+        elif not lock.held or lock.directory != directory:
+            raise ValueError(f"the CacheDirLock passed is not held for {directory}")
+        self._dir_lock = lock
+        self._owns_index = index is None
+        try:
+            self._index = MetadataIndex(directory / schema.INDEX_DIR) if index is None else index
+            try:
+                self._recover()
+            except BaseException:
+                if self._owns_index:
+                    self._index.close()
+                raise
+        except BaseException:
+            if self._owns_lock:
+                lock.release()
+            raise
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    @property
+    def block_size(self) -> int:
+        return self._block_size
+
+    @property
+    def index(self) -> MetadataIndex:
+        """The index the cache records blocks in (shared with the filesystem core)."""
+        return self._index
+
+    def contains(self, bkey: BlockKey) -> bool:
+        """Whether the block is cached (in-memory mirror of the index; no I/O). A later `get`
+        can still miss: the block may be evicted, or found corrupt, in between."""
+        bid = block_id(bkey)
+        with self._lock:
+            return bid in self._entries
+
+    def get(self, bkey: BlockKey) -> bytes | None:
+        """The block's data, or None on a miss. A block whose file fails verification (header,
+        length, CRC32C) or cannot be read is logged, dropped, and reported as a miss."""
+        bid = block_id(bkey)
+        path = self._path(bid)
+        for _attempt in range(2):
+            with self._lock:
+                if self._closed or bid not in self._entries:
+                    self._misses += 1
+                    return None
+            try:
+                result = self._read(path, bkey)
+            except FileNotFoundError:
+                # Evicted (and perhaps re-put) between the check and the open: look again.
+                continue
+            except OSError as exc:
+                result = f"cannot read it: {exc}"
+            if isinstance(result, str):
+                self._drop_corrupt(bid, bkey, path, result)
+                return None
+            now = self._clock()
+            with self._lock:
+                self._hits += 1
+                if bid in self._entries:
+                    self._entries.move_to_end(bid)
+                    self._note_access_locked(bid, now)
+                flush = self._atime_flush_due_locked()
+            if flush:
+                self._flush_atimes()
+            return result
+        # The id was cached both times we looked, but its file is gone: removed behind our back.
+        self._drop_corrupt(bid, bkey, path, "its file is missing")
+        return None
+
+    def get_slice(self, bkey: BlockKey, offset: int, length: int) -> bytes | None:
+        """Bytes `[offset, offset + length)` of the block (fewer at its end), or None on a miss.
+        The whole block is read: its CRC covers all of it."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be non-negative")
+        data = self.get(bkey)
+        if data is None:
+            return None
+        if offset == 0 and length >= len(data):
+            return data
+        return data[offset : offset + length]
+
+    def put(self, bkey: BlockKey, data: bytes) -> None:
+        """Cache `data` as block `bkey` (the last block of an object may be short).
+
+        Evicts least-recently-used blocks to stay within the capacity and above the free-space
+        guard. If the block cannot be stored (no room even after evicting, disk full, I/O
+        error), it is not cached: no exception, no partial file, one rate-limited WARNING.
+        A block already cached, or being written by another thread, is left alone: blocks are
+        version-addressed, so its content is the same.
+        """
+        size = len(data)
+        if size > self._block_size:
+            raise ValueError(f"{size} bytes is larger than the block size {self._block_size}")
+        bid = block_id(bkey)
+        disk_bytes = schema.header_size(bkey) + size
+        now = self._clock()
+        with self._lock:
+            if self._closed or bid in self._writing or bid in self._unlinking:
+                return
+            if bid in self._entries:
+                self._entries.move_to_end(bid)
+                self._note_access_locked(bid, now)
+                return
+            victims, refusal = self._reserve_locked(size, disk_bytes)
+            if refusal is None:
+                self._writing.add(bid)
+                self._reserved += size
+                self._reserved_disk += disk_bytes
+        if victims:
+            self._remove(victims)
+        if refusal is not None:
+            self._skip(*refusal)
+            return
+        tmp = os.path.join(self._tmp_dir, f"{bid.hex()}.{next(self._tmp_names)}{schema.TMP_SUFFIX}")
+        failure: str | None = None
+        reserved, renamed = True, False
+        try:
+            crc = google_crc32c.value(data)
+            self._write_file(tmp, (schema.pack_block_header(bkey, size, crc), data))
+            record = BlockRecord(size, crc, now).pack()
+            with self._lock:
+                reserved = False
+                doomed = self._end_write_locked(bid, size, disk_bytes)
+                if not (doomed or self._closed):
+                    failure = self._commit_locked(tmp, bid, record, size)
+                    renamed = failure is None
+        except OSError as exc:
+            failure = _describe_write_error(exc)
+        finally:
+            if reserved:
+                with self._lock:
+                    self._end_write_locked(bid, size, disk_bytes)
+            if not renamed:
+                _unlink_quietly(tmp)
+        if failure is not None:
+            self._skip(failure, warn=True)
+
+    def _commit_locked(self, tmp: str, bid: bytes, record: bytes, size: int) -> str | None:
+        """Publish a written block; returns why it failed, or None. Rename first, record
+        second, so the index never names an incomplete file; both under the lock, so no
+        eviction or invalidation sees one without the other."""
+        path = self._path(bid)
+        try:
+            try:
+                os.rename(tmp, path)
+            except FileNotFoundError:
+                # The fanout directory's first block: directories are made on demand, so a
+                # small cache does not pay for 256 of them.
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.rename(tmp, path)
+        except OSError as exc:
+            return _describe_write_error(exc)
+        try:
+            self._index.put_many(schema.DB_BLOCKS, [(bid, record)])
+        except lmdb.Error as exc:
+            _unlink_quietly(path)
+            return f"cannot record it in the index: {exc}"
+        self._entries[bid] = size
+        self._cached_bytes += size
+        self._bytes_written += size
+        return None
+
+    def invalidate_object(self, key: str) -> int:
+        """Drop every cached block of `key`, whatever its version (to free space early when an
+        object is deleted or replaced; correctness never depends on it). Blocks of `key` being
+        written are dropped when their put completes. Returns how many blocks were dropped."""
+        prefix = schema.object_prefix(key)
+        victims: list[tuple[bytes, int]] = []
+        with self._lock:
+            # A read transaction under the lock is fine: it never waits for LMDB's write lock.
+            for bid, _ in self._index.items(schema.DB_BLOCKS, prefix):
+                if bid in self._entries:
+                    victims.append(self._pop_locked(bid, evicted=False))
+                elif bid not in self._writing and bid not in self._unlinking:
+                    # A record without an entry (a removal that failed half-way): clean it too.
+                    self._unlinking[bid] = 0
+                    victims.append((bid, 0))
+            self._doomed.update(bid for bid in self._writing if bid.startswith(prefix))
+        if victims:
+            self._remove(victims)
+        return len(victims)
+
+    def statistics(self) -> CacheStatistics:
+        with self._lock:
+            return CacheStatistics(
+                cached_bytes=self._cached_bytes,
+                capacity=self._capacity,
+                blocks=len(self._entries),
+                hits=self._hits,
+                misses=self._misses,
+                corrupt=self._corrupt,
+                evictions=self._evictions,
+                bytes_written=self._bytes_written,
+                skipped=self._skipped,
+            )
+
+    def sync(self) -> None:
+        """Persist pending access times and make the index durable."""
+        self._flush_atimes()
+        self._index.sync()
+
+    def close(self) -> None:
+        """Persist access times, sync the index, close it (if the cache opened it) and release
+        the directory lock (if the cache took it). Idempotent. Calls still running in other
+        threads finish as misses or skipped puts; the mount drains its workers first anyway."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self._flush_atimes()
+            self._index.sync()
+        finally:
+            if self._owns_index:
+                self._index.close()
+            if self._owns_lock:
+                self._dir_lock.release()
+
+    def __enter__(self) -> BlockCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def _read(self, path: str, bkey: BlockKey) -> bytes | str:
+        """The verified data of the block file at `path`, or why it is not acceptable."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            hsize = schema.header_size(bkey)
+            header = schema.check_block_header(os.pread(fd, hsize, 0), bkey)
+            if isinstance(header, str):
+                return header
+            if header.length > self._block_size:
+                return f"header says {header.length} bytes, more than a block"
+            file_size = os.fstat(fd).st_size
+            if file_size != hsize + header.length:
+                return f"file is {file_size} bytes, header says {hsize + header.length}"
+            # Straight into the bytes object we return: no copy after the kernel's.
+            data = os.pread(fd, header.length, hsize)
+        finally:
+            os.close(fd)
+        if len(data) != header.length:
+            return f"short read ({len(data)} of {header.length} bytes)"
+        if False:
+            return "data does not match its CRC32C"
+        return data
+
+    def _drop_corrupt(self, bid: bytes, bkey: BlockKey, path: str, reason: str) -> None:
+        log.warning(
+            "cache block %d of %r (etag %r) is corrupt: %s; dropped %s, it will be fetched again",
+            bkey.index,
+            bkey.key,
+            bkey.etag,
+            reason,
+            path,
+        )
+        with self._lock:
+            self._corrupt += 1
+            self._misses += 1
+            if bid not in self._entries:
+                return  # already evicted or invalidated by another thread
+            victim = self._pop_locked(bid, evicted=False)
+        self._remove([victim])
+
+    # ------------------------------------------------------------------ writing and eviction
+
+    def _reserve_locked(
+        self, size: int, disk_bytes: int
+    ) -> tuple[list[tuple[bytes, int]], tuple[str, bool] | None]:
+        """Pick LRU victims so that `size` more bytes fit the capacity and `disk_bytes` more
+        keep `min_free` free. Returns the victims (already out of `_entries`, to be removed by
+        the caller) and, if the block cannot be cached, `(reason, warn)`."""
+        victims: list[tuple[bytes, int]] = []
+        if size + self._reserved > self._capacity:
+            # Larger than the cache, or the cache is taken by writes in flight: evicting
+            # would not help.
+            return victims, (f"the cache capacity ({self._capacity} bytes) is too small", False)
+        while self._cached_bytes + self._reserved + size > self._capacity:
+            victims.append(self._pop_lru_locked())
+        try:
+            free = self._disk_free()
+        except OSError as exc:
+            return victims, (f"cannot measure free space: {exc}", True)
+        # Space being freed by removals in flight counts as free; space promised to writes in
+        # flight does not. So concurrent puts neither over-evict nor overshoot the guard.
+        free += self._unlinking_bytes - self._reserved_disk
+        needed = self._min_free + disk_bytes
+        while free < needed and self._entries:
+            victim = self._pop_lru_locked()
+            victims.append(victim)
+            free += victim[1]
+        if free < needed:
+            return victims, (
+                f"free space on {self._dir} is below the guard of {self._min_free} bytes "
+                f"(--cache-min-free) and nothing is left to evict",
+                True,
+            )
+        return victims, None
+
+    def _pop_lru_locked(self) -> tuple[bytes, int]:
+        bid = next(iter(self._entries))
+        return self._pop_locked(bid, evicted=True)
+
+    def _pop_locked(self, bid: bytes, *, evicted: bool) -> tuple[bytes, int]:
+        """Move `bid` from `_entries` to `_unlinking`; the caller then calls `_remove`."""
+        size = self._entries.pop(bid)
+        self._cached_bytes -= size
+        self._unlinking[bid] = size
+        self._unlinking_bytes += size
+        self._dirty_atimes.pop(bid, None)
+        if evicted:
+            self._evictions += 1
+        return bid, size
+
+    def _remove(self, victims: Sequence[tuple[bytes, int]]) -> None:
+        """Delete the files and records of `victims` (ids in `_unlinking`), outside the lock:
+        freeing a file's extents is the slow part of eviction."""
+        for bid, _ in victims:
+            try:
+                os.unlink(self._path(bid))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cannot remove cache block %s: %s", self._path(bid), exc)
+        try:
+            # After the files: a crash in between leaves records without files, which the
+            # next startup drops (the other order would leave orphan files, also cleaned).
+            self._index.delete_many(schema.DB_BLOCKS, [bid for bid, _ in victims])
+        except lmdb.Error as exc:
+            log.warning("cannot remove %d block records from the index: %s", len(victims), exc)
+        with self._lock:
+            for bid, size in victims:
+                if self._unlinking.pop(bid, None) is not None:
+                    self._unlinking_bytes -= size
+
+    def _end_write_locked(self, bid: bytes, size: int, disk_bytes: int) -> bool:
+        """Release a put's reservation; returns whether the block was invalidated meanwhile."""
+        self._writing.discard(bid)
+        self._reserved -= size
+        self._reserved_disk -= disk_bytes
+        if bid in self._doomed:
+            self._doomed.discard(bid)
+            return True
+        return False
+
+    @staticmethod
+    def _write_file(path: str, buffers: tuple[bytes, bytes]) -> None:
+        # O_EXCL: the name is unique to this put, so an existing file is somebody's bug.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            # One pwritev of header and data: no concatenation copy of the 1 MiB block.
+            views = [memoryview(b) for b in buffers]
+            offset = 0
+            while views:
+                written = os.pwritev(fd, views, offset)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                offset += written
+                while views and written >= len(views[0]):
+                    written -= len(views.pop(0))
+                if views and written:
+                    views[0] = views[0][written:]
+            # No fsync: a block torn by an OS crash fails its CRC on the next read and is
+            # dropped as a miss; a process crash loses nothing the page cache holds.
+        finally:
+            os.close(fd)
+
+    def _skip(self, reason: str, warn: bool = False) -> None:
+        """Count a put that was not cached; WARN at most once per `SKIP_WARNING_INTERVAL`."""
+        now = time.monotonic()
+        with self._lock:
+            self._skipped += 1
+            if not warn:
+                log.debug("block not cached: %s", reason)
+                return
+            self._skips_unreported += 1
+            if now - self._last_skip_warning < SKIP_WARNING_INTERVAL:
+                return
+            count, self._skips_unreported = self._skips_unreported, 0
+            self._last_skip_warning = now
+        log.warning(
+            "not caching blocks: %s (%d block(s) since the last such warning); reads still "
+            "work, from the bucket",
+            reason,
+            count,
+        )
+
+    # ------------------------------------------------------------------ access times
+
+    def _note_access_locked(self, bid: bytes, atime: float) -> None:
+        self._dirty_atimes[bid] = atime
+        if self._atimes_dirty_since == math.inf:
+            self._atimes_dirty_since = time.monotonic()
+
+    def _atime_flush_due_locked(self) -> bool:
+        return (
+            len(self._dirty_atimes) >= ATIME_FLUSH_COUNT
+            or time.monotonic() - self._atimes_dirty_since >= ATIME_FLUSH_INTERVAL
+        )
+
+    def _flush_atimes(self) -> None:
+        with self._lock:
+            batch, self._dirty_atimes = self._dirty_atimes, {}
+            self._atimes_dirty_since = math.inf
+        if batch:
+            try:
+                self._index.touch_blocks(batch.items())
+            except lmdb.Error as exc:
+                log.warning("cannot record block access times in the index: %s", exc)
+
+    # ------------------------------------------------------------------ startup
+
+    def _recover(self) -> None:
+        """Reconcile the directory with the index after whatever happened before: remove crash
+        debris in tmp/, block files the index does not record (killed between rename and
+        record), records whose file is gone; rebuild the LRU from the recorded access times;
+        evict down to the capacity (it may have been lowered)."""
+        started = time.monotonic()
+        os.makedirs(self._tmp_dir, exist_ok=True)
+        with os.scandir(self._tmp_dir) as debris:
+            for entry in debris:
+                _remove_entry(entry)
+        files = self._scan_block_files()
+        live: list[tuple[float, bytes, int]] = []
+        stale: list[bytes] = []
+        for bid, value in self._index.items(schema.DB_BLOCKS):
+            try:
+                record = BlockRecord.unpack(value)
+            except ValueError:  # a record of the wrong size
+                record = None
+            if bid in files and record is not None:
+                files.discard(bid)
+                live.append((record.atime, bid, record.size))
+            else:
+                stale.append(bid)  # its file (if any) stays in `files` and is removed below
+        for bid in files:
+            _unlink_quietly(self._path(bid))
+        if stale:
+            self._index.delete_many(schema.DB_BLOCKS, stale)
+        live.sort()
+        with self._lock:
+            self._entries = OrderedDict((bid, size) for _, bid, size in live)
+            self._cached_bytes = sum(self._entries.values())
+            victims = []
+            while self._cached_bytes > self._capacity:
+                victims.append(self._pop_lru_locked())
+        if victims:
+            self._remove(victims)
+        log.info(
+            "block cache %s: %d blocks (%d bytes) recovered, %d orphan files and %d stale "
+            "records removed, %d evicted to fit the capacity, in %.3f s",
+            self._dir,
+            len(live) - len(victims),
+            self._cached_bytes,
+            len(files),
+            len(stale),
+            len(victims),
+            time.monotonic() - started,
+        )
+
+    def _scan_block_files(self) -> set[bytes]:
+        """Ids of the well-named block files; anything else under blocks/ is removed."""
+        found: set[bytes] = set()
+        blocks_dir = os.path.join(self._dir, schema.BLOCKS_DIR)
+        os.makedirs(blocks_dir, exist_ok=True)
+        with os.scandir(blocks_dir) as subdirs:
+            for sub in subdirs:
+                fan = _parse_fanout_name(sub.name)
+                if fan is None or not sub.is_dir(follow_symlinks=False):
+                    _remove_entry(sub)
+                    continue
+                with os.scandir(sub.path) as entries:
+                    for entry in entries:
+                        bid = _parse_block_name(entry.name)
+                        if bid is not None and schema.fanout_of(bid) == fan:
+                            found.add(bid)
+                        else:
+                            _remove_entry(entry)
+        return found
+
+    # ------------------------------------------------------------------ helpers
+
+    def _path(self, bid: bytes) -> str:
+        return f"{self._dir}/{block_relpath(bid)}"
+
+    def _statvfs_free(self) -> int:
+        st = os.statvfs(self._dir)
+        return st.f_bavail * st.f_frsize  # what an unprivileged writer can use
+
+
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+
+
+def _parse_fanout_name(name: str) -> int | None:
+    if len(name) != 2 or not set(name) <= _HEX_DIGITS:
+        return None
+    return int(name, 16)
+
+
+def _remove_entry(entry: os.DirEntry[str]) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        _unlink_quietly(entry.path)
+
+
+def _parse_block_name(name: str) -> bytes | None:
+    if len(name) != 2 * schema.BLOCK_ID_SIZE:
+        return None
+    try:
+        bid = bytes.fromhex(name)
+    except ValueError:
+        return None
+    return bid if bid.hex() == name else None  # only the canonical spelling is ours
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)
+
+
+def _describe_write_error(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"the cache disk is full ({exc.strerror})"
+    return f"cannot write a block file: {exc}"

@@ -1,0 +1,341 @@
+"""`Filesystem`: the namespace and read path as plain async methods (no pyfuse3 types).
+
+Owned by the trio thread: every attribute here is touched only from it (worker threads get
+immutable arguments). Inode numbers are allocated once per (path, kind) and never reused
+during a mount, so they are stable for the mount's life.
+
+Metadata comes from LIST pages whenever possible: listing a directory records the size, etag
+and mtime of every file in it, so neither `stat` nor `open` of those files costs a request
+within the metadata TTL. Listings are persisted in the index, so a remount starts warm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from wsfuse.aio import AsyncBackend
+from wsfuse.backends.base import Backend, ListPage, ObjectInfo
+from wsfuse.cache import BlockCache, MetadataIndex
+from wsfuse.config import MountConfig
+from wsfuse.errors import NotFound, WsfuseError
+from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
+from wsfuse.fs.reader import BlockFetcher, PinnedObject, Reader
+
+log = logging.getLogger(__name__)
+
+ROOT_INO = 1
+DIRS_DB = "dirs"
+
+
+def _dir_key(path: str) -> bytes:
+    """The index key of a directory's listing: LMDB keys are 1..511 bytes, S3 keys up to 1024."""
+    raw = b"/" + path.encode("utf-8", "surrogateescape")
+    return raw if len(raw) <= 500 else b"#" + hashlib.sha256(raw).digest()
+
+
+class FsError(WsfuseError):
+    """A POSIX-level outcome of a filesystem operation (ENOENT, ENOTDIR, EROFS, ...)."""
+
+    def __init__(self, errno_: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(errno_, str(errno_)))
+        self.errno = errno_
+
+
+@dataclass(slots=True)
+class Inode:
+    ino: int
+    path: str  # key relative to the mount's prefix; "" for the root
+    is_dir: bool
+    size: int = 0
+    etag: str = ""
+    mtime: float = 0.0
+    validated_at: float = 0.0  # wall clock of the LIST/HEAD these attributes came from
+    lookups: int = 0
+    opened_etag: str | None = None  # etag at the last open: unchanged → keep the page cache
+
+
+@dataclass(slots=True)
+class DirHandle:
+    ino: int
+    entries: tuple[Entry, ...] | None = None  # snapshot taken at the first readdir
+
+
+class Filesystem:
+    def __init__(
+        self,
+        backend: Backend,
+        config: MountConfig,
+        cache: BlockCache,
+        nursery: trio.Nursery,
+        *,
+        index: MetadataIndex | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.backend = AsyncBackend(backend, concurrency=config.backend_concurrency)
+        self.cache = cache
+        self.index = index
+        self.clock = clock
+        self.fetcher = BlockFetcher(self.backend, cache, config, nursery)
+        now = clock()
+        self.inodes: dict[int, Inode] = {ROOT_INO: Inode(ROOT_INO, "", True, mtime=now)}
+        self.by_path: dict[tuple[str, bool], int] = {("", True): ROOT_INO}
+        self._next_ino = itertools.count(ROOT_INO + 1)
+        self.listings: dict[str, Listing] = {}
+        self._listing_in_progress: dict[str, trio.Event] = {}
+        self.negative: dict[str, float] = {}  # path → wall time it was found missing
+        self._handles: dict[int, Reader | DirHandle] = {}
+        self._next_fh = itertools.count(1)
+        self.hidden_keys = 0
+        self.mount_time = now
+
+    # ------------------------------------------------------------------ inodes
+
+    def inode(self, ino: int) -> Inode:
+        try:
+            return self.inodes[ino]
+        except KeyError:
+            raise FsError(errno.ENOENT, f"stale inode {ino}") from None
+
+    def _remember(self, path: str, is_dir: bool, entry: Entry | None, validated_at: float) -> Inode:
+        ino = self.by_path.get((path, is_dir))
+        if ino is None:
+            ino = next(self._next_ino)
+            self.by_path[(path, is_dir)] = ino
+            self.inodes[ino] = Inode(ino, path, is_dir, mtime=self.mount_time)
+        node = self.inodes[ino]
+        if entry is not None and not is_dir:
+            node.size, node.etag, node.mtime = entry.size, entry.etag, entry.mtime
+        node.validated_at = validated_at
+        return node
+
+    def _fresh(self, at: float) -> bool:
+        return self.clock() - at < self.config.metadata_ttl
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            node = self.inodes.get(ino)
+            if node is not None:
+                node.lookups = max(0, node.lookups - n)
+
+    # ------------------------------------------------------------------ lookup / getattr
+
+    async def lookup(self, parent_ino: int, name: str) -> Inode:
+        parent = self.inode(parent_ino)
+        if not parent.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if not valid_name(name):
+            raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
+        path = child_path(parent.path, name)
+        listing = self._fresh_listing(parent.path)
+        if listing is not None:
+            entry = listing.by_name.get(name)
+            if entry is None:
+                raise FsError(errno.ENOENT)
+            node = self._remember(path, entry.is_dir, entry, listing.fetched_at)
+        else:
+            missing_since = self.negative.get(path)
+            if missing_since is not None and self._fresh(missing_since):
+                raise FsError(errno.ENOENT)
+            node = await self._lookup_remote(path)
+        node.lookups += 1
+        return node
+
+    async def _lookup_remote(self, path: str) -> Inode:
+        """HEAD the file and LIST the would-be directory at once: one round trip either way."""
+        head: list[ObjectInfo | None] = [None]
+        page: list[ListPage | None] = [None]
+
+        async def do_head() -> None:
+            with contextlib.suppress(NotFound):
+                head[0] = await self.backend.head(path)
+
+        async def do_list() -> None:
+            page[0] = await self.backend.list(dir_prefix(path))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(do_head)
+            nursery.start_soon(do_list)
+        now = self.clock()
+        listed = page[0]
+        if listed is not None and (listed.objects or listed.prefixes):
+            self.negative.pop(path, None)
+            return self._remember(path, True, None, now)
+        info = head[0]
+        if info is not None and not info.key.endswith("/"):
+            self.negative.pop(path, None)
+            return self._remember(path, False, Entry.file(path, info), now)
+        self.negative[path] = now
+        raise FsError(errno.ENOENT)
+
+    async def getattr(self, ino: int) -> Inode:
+        node = self.inode(ino)
+        if not node.is_dir and not self._fresh(node.validated_at):
+            await self._revalidate(node)
+        return node
+
+    async def _revalidate(self, node: Inode) -> None:
+        try:
+            info = await self.backend.head(node.path)
+        except NotFound:
+            raise FsError(errno.ENOENT, f"{node.path!r} was deleted") from None
+        node.size, node.etag, node.mtime = info.size, info.etag, info.mtime
+        node.validated_at = self.clock()
+
+    # ------------------------------------------------------------------ directories
+
+    def _fresh_listing(self, path: str) -> Listing | None:
+        listing = self.listings.get(path)
+        if listing is None and self.index is not None:
+            raw = self.index.get(DIRS_DB, _dir_key(path))
+            listing = Listing.decode(raw) if raw is not None else None
+            if listing is not None:
+                self.listings[path] = listing
+        if listing is not None and self._fresh(listing.fetched_at):
+            return listing
+        return None
+
+    async def listing(self, path: str) -> Listing:
+        """The directory's listing: fresh from memory or the index, or listed now (once, however
+        many callers ask at the same time)."""
+        while True:
+            listing = self._fresh_listing(path)
+            if listing is not None:
+                return listing
+            running = self._listing_in_progress.get(path)
+            if running is None:
+                break
+            await running.wait()
+            if path in self.listings and self._fresh(self.listings[path].fetched_at):
+                return self.listings[path]
+        done = self._listing_in_progress[path] = trio.Event()
+        try:
+            listing = await self._list_remote(path)
+        finally:
+            del self._listing_in_progress[path]
+            done.set()
+        return listing
+
+    async def _list_remote(self, path: str) -> Listing:
+        fetched_at = self.clock()
+        pages: list[ListPage] = []
+        token: str | None = None
+        prefix = dir_prefix(path)
+        while True:
+            page = await self.backend.list(prefix, token=token)
+            pages.append(page)
+            if page.next_token is None:
+                break
+            token = page.next_token
+        listing = Listing.build(path, pages, fetched_at)
+        if listing.hidden:
+            self.hidden_keys += listing.hidden
+            log.info(
+                "%s: %d key(s) hidden (not valid as paths, or a file shadowed by a directory)",
+                prefix or "/",
+                listing.hidden,
+            )
+        self.listings[path] = listing
+        if self.index is not None:
+            self.index.put_many(DIRS_DB, [(_dir_key(path), listing.encode())])
+        for entry in listing.entries:
+            ino = self.by_path.get((child_path(path, entry.name), entry.is_dir))
+            if ino is not None:  # refresh what the kernel already knows
+                self._remember(child_path(path, entry.name), entry.is_dir, entry, fetched_at)
+            self.negative.pop(child_path(path, entry.name), None)
+        return listing
+
+    def opendir(self, ino: int) -> int:
+        if not self.inode(ino).is_dir:
+            raise FsError(errno.ENOTDIR)
+        fh = next(self._next_fh)
+        self._handles[fh] = DirHandle(ino)
+        return fh
+
+    async def readdir(self, fh: int, start: int) -> list[tuple[int, Inode, Entry]]:
+        """Entries from offset `start`, as (next offset, inode, entry). Offsets index a snapshot
+        taken at the first call, so they stay valid while the directory changes."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, DirHandle):
+            raise FsError(errno.EBADF)
+        parent = self.inode(handle.ino)
+        if handle.entries is None or start == 0:
+            listing = await self.listing(parent.path)
+            handle.entries = listing.entries
+        out = []
+        for i in range(start, len(handle.entries)):
+            entry = handle.entries[i]
+            node = self._remember(
+                child_path(parent.path, entry.name), entry.is_dir, entry, self.clock()
+            )
+            out.append((i + 1, node, entry))
+        return out
+
+    def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    # ------------------------------------------------------------------ files
+
+    async def open(self, ino: int, *, write: bool) -> tuple[int, bool]:
+        """Open for reading; returns (fh, keep_cache). keep_cache when the object is unchanged
+        since the last open, so the kernel serves repeat reads from its page cache."""
+        node = self.inode(ino)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        if write:
+            raise FsError(errno.EROFS, "writing is not supported yet")
+        if not self._fresh(node.validated_at):
+            await self._revalidate(node)
+        keep_cache = node.opened_etag == node.etag
+        node.opened_etag = node.etag
+        fh = next(self._next_fh)
+        self._handles[fh] = Reader(
+            self.fetcher, PinnedObject(node.path, node.etag, node.size), self.config
+        )
+        return fh, keep_cache
+
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
+        reader = self._handles.get(fh)
+        if not isinstance(reader, Reader):
+            raise FsError(errno.EBADF)
+        return await reader.read(offset, size)
+
+    def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if isinstance(handle, Reader):
+            handle.close()
+
+    # ------------------------------------------------------------------ status
+
+    def statistics(self) -> dict[str, object]:
+        fetch = self.fetcher.stats
+        cache = self.cache.statistics()
+        return {
+            "backend": self.backend.backend.name,
+            "cache_bytes": cache.cached_bytes,
+            "cache_capacity": cache.capacity,
+            "cache_blocks": cache.blocks,
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "cache_corrupt": cache.corrupt,
+            "hit_ratio": cache.hits / max(1, cache.hits + cache.misses),
+            "backend_requests": self.backend.requests,
+            "backend_bytes": self.backend.bytes_received,
+            "demand_fetches": fetch.demand_fetches,
+            "prefetches": fetch.prefetches,
+            "prefetch_cancelled": fetch.prefetch_cancelled,
+            "prefetch_skipped_budget": fetch.prefetch_skipped_budget,
+            "inflight_blocks": len(self.fetcher.inflight),
+            "open_handles": sum(isinstance(h, Reader) for h in self._handles.values()),
+            "hidden_keys": self.hidden_keys,
+            "pending_uploads": [],
+        }

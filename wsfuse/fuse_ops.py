@@ -1,0 +1,208 @@
+"""The pyfuse3 adapter: translates types and errors, holds no state and no policy.
+
+Every handler goes through `_boundary`: `FUSEError` passes, the error taxonomy maps to errno
+in ONE table, anything unexpected is logged with its traceback and becomes EIO (pyfuse3 ends
+its main loop on any non-FUSEError exception, which would take the mount down).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from wsfuse.config import MountConfig
+from wsfuse.errors import (
+    BackendError,
+    InvalidKey,
+    NotFound,
+    PermissionDenied,
+    PreconditionFailed,
+    Unavailable,
+)
+from wsfuse.fs.core import Filesystem, FsError, Inode
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+CONTROL_XATTR = b"user.wsfuse.control"
+
+# The one errno table. Order matters: the first matching class wins.
+ERRNO_TABLE: tuple[tuple[type[BaseException], int], ...] = (
+    (NotFound, errno.ENOENT),
+    (PermissionDenied, errno.EACCES),
+    (InvalidKey, errno.EINVAL),
+    (PreconditionFailed, errno.EIO),  # the pinned version is gone: never mix versions
+    (Unavailable, errno.EIO),
+    (BackendError, errno.EIO),
+)
+
+
+def errno_for(exc: BaseException) -> int | None:
+    for cls, code in ERRNO_TABLE:
+        if isinstance(exc, cls):
+            return code
+    return None
+
+
+def _boundary(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except FsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            code = errno_for(exc)
+            if code is None:
+                log.exception("%s: unexpected error, answering EIO", fn.__name__)
+                code = errno.EIO
+            elif code == errno.EIO:
+                log.error("%s: %s", fn.__name__, exc)  # noqa: TRY400 - expected, no traceback
+            raise pyfuse3.FUSEError(code) from None
+
+    return wrapper
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+
+    def __init__(self, fs: Filesystem, config: MountConfig, control_path: str = "") -> None:
+        super().__init__()
+        self.fs = fs
+        self.config = config
+        self.control_path = control_path
+
+    def attributes(self, node: Inode) -> pyfuse3.EntryAttributes:
+        cfg = self.config
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.InodeT(node.ino)
+        a.generation = 0
+        a.entry_timeout = cfg.metadata_ttl
+        a.attr_timeout = cfg.metadata_ttl
+        if node.is_dir:
+            a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | cfg.dir_mode)
+            a.st_nlink = 2
+            a.st_size = 0
+        else:
+            mode = cfg.file_mode & ~0o222 if cfg.read_only else cfg.file_mode
+            a.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
+            a.st_nlink = 1
+            a.st_size = node.size
+        a.st_uid = cfg.uid
+        a.st_gid = cfg.gid
+        a.st_rdev = 0
+        a.st_blksize = cfg.block_size
+        a.st_blocks = -(-a.st_size // 512)
+        ns = int(node.mtime * 1e9)
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
+        return a
+
+    @_boundary
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.lookup(parent_inode, os.fsdecode(name))
+        return self.attributes(node)
+
+    @_boundary
+    async def getattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.attributes(await self.fs.getattr(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        try:
+            self.fs.forget([(int(i), n) for i, n in inode_list])
+        except Exception:  # forget has no reply: never let it end the main loop
+            log.exception("forget failed")
+
+    @_boundary
+    async def opendir(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileHandleT:
+        return pyfuse3.FileHandleT(self.fs.opendir(inode))
+
+    @_boundary
+    async def readdir(
+        self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken
+    ) -> None:
+        for next_id, node, entry in await self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(
+                token, os.fsencode(entry.name), self.attributes(node), next_id
+            ):
+                break
+            node.lookups += 1  # the kernel now holds a reference (readdirplus)
+
+    @_boundary
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.fs.releasedir(fh)
+
+    @_boundary
+    async def open(
+        self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.FileInfo:
+        write = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        fh, keep_cache = await self.fs.open(inode, write=write)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
+
+    @_boundary
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        data = await self.fs.read(fh, off, size)
+        return data  # type: ignore[return-value]  # pyfuse3 takes any contiguous buffer
+
+    @_boundary
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self.fs.release(fh)
+
+    @_boundary
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        # An object store has no fixed size: report a large, constant capacity (1 PiB) so
+        # tools that check free space (df, installers, checkpoint writers) proceed.
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = self.config.block_size
+        s.f_blocks = (1 << 50) // self.config.block_size
+        s.f_bfree = s.f_bavail = s.f_blocks
+        s.f_files = 1 << 32
+        s.f_ffree = s.f_favail = s.f_files
+        s.f_namemax = 255
+        return s
+
+    @_boundary
+    async def getxattr(
+        self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, ctx: pyfuse3.RequestContext
+    ) -> bytes:
+        # The control socket is announced on the root as an xattr: nothing extra appears in
+        # the tree, and `wsfuse status MOUNTPOINT` finds it from the mount point alone.
+        if inode == pyfuse3.ROOT_INODE and name == CONTROL_XATTR and self.control_path:
+            return os.fsencode(self.control_path)
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @_boundary
+    async def listxattr(
+        self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
+    ) -> Sequence[pyfuse3.XAttrNameT]:
+        return []
+
+    # Until the write path lands, the namespace is read-only: say so precisely.
+    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EROFS)
+
+    setattr = create = mkdir = mknod = unlink = rmdir = rename = symlink = _read_only
+    write = setxattr = removexattr = _read_only
+
+    async def link(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers: local object-store servers and deterministic data."""
