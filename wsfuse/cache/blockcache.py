@@ -398,7 +398,7 @@ class BlockCache:
             os.close(fd)
         if len(data) != header.length:
             return f"short read ({len(data)} of {header.length} bytes)"
-        if False:
+        if google_crc32c.value(data) != header.crc32c:
             return "data does not match its CRC32C"
         return data
 
