@@ -100,14 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mount.add_argument(
         "--cache-size",
-        type=parse_size,
+        type=_size,
         default=DEFAULTS.cache_size,
         metavar="SIZE",
         help="cache budget, e.g. 50G (default: %(default)s bytes)",
     )
     mount.add_argument(
         "--min-free",
-        type=parse_size,
+        type=_size,
         default=DEFAULTS.min_free,
         metavar="SIZE",
         help="always leave this much free on the cache disk",
@@ -151,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     _add_log_flags(status)
     return parser
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _octal(text: str) -> int:

@@ -62,6 +62,10 @@ def preflight(mountpoint: Path, dev_fuse: Path = Path("/dev/fuse")) -> None:
         log.warning("%s is a dead FUSE mount (a crashed daemon?): unmounting it", mountpoint)
         lazy_unmount(mountpoint)
         st = mountpoint.stat()
+    if os.path.ismount(mountpoint) and _is_dead(mountpoint):
+        log.warning("%s is a dead FUSE mount (a crashed daemon?): unmounting it", mountpoint)
+        lazy_unmount(mountpoint)
+        st = mountpoint.stat()
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -81,6 +85,16 @@ def preflight(mountpoint: Path, dev_fuse: Path = Path("/dev/fuse")) -> None:
             f"no permission to mount on {mountpoint}: it belongs to uid {st.st_uid}; "
             "use a directory you own, or run as root"
         )
+
+
+def _is_dead(mountpoint: Path) -> bool:
+    """A mount whose daemon is gone answers ENOTCONN. stat() may be served from the kernel's
+    attribute cache, statvfs() always asks the daemon."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 def lazy_unmount(mountpoint: Path) -> None:

@@ -32,6 +32,16 @@ def _is_mounted(path: Path) -> bool:
         return any(line.split()[1] == str(path) for line in f)
 
 
+def _answers(path: Path) -> bool:
+    """statvfs goes to the daemon (stat may be answered from the kernel's cache): a live mount
+    answers, a dead one (left by a killed daemon) says ENOTCONN."""
+    try:
+        os.statvfs(path)
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class Mount:
     path: Path
@@ -65,14 +75,12 @@ class Mount:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not _is_mounted(self.path):
+        while not (_is_mounted(self.path) and _answers(self.path)):
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"not mounted after {timeout}s:\n{self.log()}")
             time.sleep(0.02)
-        # The mount is in /proc/mounts before the daemon answers; wait for a real answer.
-        os.stat(self.path)
         return self
 
     def log(self) -> str:
