@@ -280,7 +280,9 @@ class Reader:
         total = self.fetcher.block_count(self.obj)
         target = min(start + self.window, total)
         i = max(start, self.ahead_until)
-        while i < target:
+        # Only whole fetches (or the object's tail): topping the window up by the one block
+        # each read consumes would turn read-ahead into 1 MiB GETs.
+        while i < target and (target - i >= self.fetch_blocks or target == total):
             covered = self.fetcher.start_fetch(
                 self.obj, i, min(self.fetch_blocks, target - i), group=self.readahead
             )

@@ -1,0 +1,194 @@
+"""The filesystem core driven directly (no kernel): namespace, single-flight, prefetch, pins."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from wsfuse.backends.faults import FaultInjectingBackend
+from wsfuse.backends.memory import MemoryBackend
+from wsfuse.cache import BlockCache
+from wsfuse.config import DEFAULTS, MountConfig
+from wsfuse.errors import PreconditionFailed
+from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
+from wsfuse.testing.ramp import ramp
+
+MiB = 1 << 20
+
+
+class Harness:
+    def __init__(
+        self, fs: Filesystem, backend: MemoryBackend, faulty: FaultInjectingBackend
+    ) -> None:
+        self.fs = fs
+        self.backend = backend
+        self.faulty = faulty
+
+    async def path_ino(self, path: str) -> int:
+        ino = ROOT_INO
+        for name in filter(None, path.split("/")):
+            ino = (await self.fs.lookup(ino, name)).ino
+        return ino
+
+    async def read_all(self, path: str, chunk: int = MiB) -> bytes:
+        fh, _ = await self.fs.open(await self.path_ino(path), write=False)
+        out = bytearray()
+        try:
+            while data := await self.fs.read(fh, len(out), chunk):
+                out += data
+        finally:
+            self.fs.release(fh)
+        return bytes(out)
+
+
+def make_config(tmp_path: Path, **kw: object) -> MountConfig:
+    return replace(DEFAULTS, cache_dir=tmp_path / "cache", min_free=0, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+    backend = MemoryBackend()
+    faulty = FaultInjectingBackend(backend)
+    config = make_config(tmp_path)
+    cache = BlockCache(config.cache_dir, block_size=config.block_size, capacity=1 << 30, min_free=0)
+    try:
+        async with trio.open_nursery() as nursery:
+            yield Harness(
+                Filesystem(faulty, config, cache, nursery, index=cache.index), backend, faulty
+            )
+            nursery.cancel_scope.cancel()
+    finally:
+        cache.close()
+
+
+async def test_lookup_and_readdir_from_one_listing(h: Harness) -> None:
+    for key in ["d/a", "d/b", "d/sub/c", "top"]:
+        h.backend.put(key, key.encode())
+    d = await h.fs.lookup(ROOT_INO, "d")
+    assert d.is_dir
+    fh = h.fs.opendir(d.ino)
+    entries = await h.fs.readdir(fh, 0)
+    assert [(e.name, e.is_dir) for _, _, e in entries] == [
+        ("a", False),
+        ("b", False),
+        ("sub", True),
+    ]
+    assert [n for n, _, _ in entries] == [1, 2, 3]  # offsets: the next entry's index
+    assert [e.name for _, _, e in await h.fs.readdir(fh, 2)] == ["sub"]
+    h.fs.releasedir(fh)
+    before = dict(h.backend.counts)
+    a = await h.fs.lookup(d.ino, "a")
+    assert (a.size, a.is_dir) == (3, False)
+    with pytest.raises(FsError) as err:
+        await h.fs.lookup(d.ino, "missing")
+    assert err.value.errno == errno.ENOENT
+    assert dict(h.backend.counts) == before  # answered from the listing
+
+
+async def test_negative_lookups_are_cached(h: Harness) -> None:
+    for _ in range(3):
+        with pytest.raises(FsError):
+            await h.fs.lookup(ROOT_INO, "ghost")
+    assert h.backend.counts["head"] == 1
+
+
+async def test_readdir_offsets_survive_concurrent_change(h: Harness) -> None:
+    for i in range(10):
+        h.backend.put(f"x/{i:02d}", b"")
+    x = await h.fs.lookup(ROOT_INO, "x")
+    fh = h.fs.opendir(x.ino)
+    first = await h.fs.readdir(fh, 0)
+    h.backend.put("x/000-new", b"")  # sorts first: would shift every offset of a fresh listing
+    h.fs.listings.clear()
+    rest = await h.fs.readdir(fh, 5)
+    assert [e.name for _, _, e in rest] == [e.name for _, _, e in first[5:]]
+
+
+async def test_two_readers_of_one_block_make_one_get(h: Harness) -> None:
+    h.backend.put("big", ramp("big", 0, 32 * MiB))
+    ino = await h.path_ino("big")
+    h.faulty.latency = 0.05
+    fh1, _ = await h.fs.open(ino, write=False)
+    fh2, _ = await h.fs.open(ino, write=False)
+    results: list[bytes] = []
+
+    async def read(fh: int) -> None:
+        results.append(bytes(await h.fs.read(fh, 20 * MiB + 10, 4096)))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, fh1)
+        nursery.start_soon(read, fh2)
+    assert results == [ramp("big", 20 * MiB + 10, 4096)] * 2
+    assert h.backend.counts["get_range"] == 1
+    assert h.backend.bytes_read == MiB  # a random read fetches its block, nothing more
+
+
+async def test_sequential_reads_prefetch_and_read_each_byte_once(h: Harness) -> None:
+    size = 100 * MiB + 5
+    h.backend.put("seq", ramp("seq", 0, size))
+    assert await h.read_all("seq") == ramp("seq", 0, size)
+    assert h.backend.bytes_read == size
+    assert h.fs.fetcher.stats.prefetches > 0
+    # 8 MiB GETs: about size / 8 MiB requests, not one per 1 MiB block
+    assert h.backend.counts["get_range"] <= size // (8 * MiB) + 3
+
+
+async def test_small_objects_are_fetched_whole_in_one_get(h: Harness) -> None:
+    h.backend.put("small", ramp("small", 0, 3 * MiB + 1))
+    assert await h.read_all("small", chunk=128 * 1024) == ramp("small", 0, 3 * MiB + 1)
+    assert h.backend.counts["get_range"] == 1
+
+
+async def test_seek_away_cancels_readahead(h: Harness) -> None:
+    h.backend.put("f", ramp("f", 0, 200 * MiB))
+    fh, _ = await h.fs.open(await h.path_ino("f"), write=False)
+    h.faulty.latency = 0.2
+    for i in range(4):  # sequential: the window grows
+        await h.fs.read(fh, i * MiB, MiB)
+    assert h.fs.fetcher.inflight
+    await h.fs.read(fh, 150 * MiB, 4096)  # seek away
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(0.3)
+    assert h.fs.fetcher.stats.prefetch_cancelled > 0
+    assert not h.fs.fetcher.inflight
+    h.fs.release(fh)
+
+
+async def test_handle_is_pinned_to_its_version(h: Harness) -> None:
+    h.backend.put("v", ramp("old", 0, 40 * MiB))
+    ino = await h.path_ino("v")
+    fh, _ = await h.fs.open(ino, write=False)
+    assert bytes(await h.fs.read(fh, 0, 4096)) == ramp("old", 0, 4096)
+    h.backend.put("v", ramp("new", 0, 40 * MiB))
+    assert bytes(await h.fs.read(fh, 10, 100)) == ramp("old", 10, 100)  # cached: still served
+    with pytest.raises(PreconditionFailed):
+        await h.fs.read(fh, 30 * MiB, 4096)  # gone: an error, never the new bytes
+
+
+async def test_keep_cache_only_when_unchanged(tmp_path: Path, h: Harness) -> None:
+    h.backend.put("k", b"one")
+    ino = await h.path_ino("k")
+    _, keep = await h.fs.open(ino, write=False)
+    assert keep is False  # first open: nothing in the page cache to keep
+    _, keep = await h.fs.open(ino, write=False)
+    assert keep is True
+    h.backend.put("k", b"two")
+    h.fs.inodes[ino].validated_at = 0  # the TTL expired
+    _, keep = await h.fs.open(ino, write=False)
+    assert keep is False
+    assert h.fs.inodes[ino].size == 3
+
+
+async def test_invalid_names_and_clashes_are_hidden_and_counted(h: Harness) -> None:
+    for key in ["ok", "a//b", "c/./d", "clash", "clash/x", "n" * 300, ".wsfuse-uploads/1/00001"]:
+        h.backend.put(key, b"")
+    listing = await h.fs.listing("")
+    assert [e.name for e in listing.entries] == ["a", "c", "clash", "ok"]
+    assert (await h.fs.listing("a")).entries == ()
+    assert h.fs.hidden_keys >= 4
