@@ -21,6 +21,10 @@ moto's) but, in-process:
 - counts requests by kind, bucket and key (`server.count("GET", key="k")`, `server.requests`,
   `server.stats`, `server.reset_stats()`), so tests can assert what reached the store;
 - injects faults: `server.fail_next(2, status=503, code="SlowDown", kind="GET")`;
+- can be driven from another process (benchmarks run it in its own, off the clients' GIL):
+  `GET /_wsfuse/stats[?reset=1]` answers requests and bytes by kind as JSON,
+  `POST /_wsfuse/reset` resets them, `POST /_wsfuse/latency?ms=20` sets the latency
+  (bucket names cannot contain `_`: no S3 request is ever taken for these, nor counted);
 - fixes two moto deviations from S3 that the backend contract meets: a part upload to an
   aborted/completed upload answers 404 NoSuchUpload (moto: 500), and ListMultipartUploads
   reports each upload's real initiation time (moto: always 2010-11-10).
@@ -43,6 +47,7 @@ import datetime
 import hashlib
 import io
 import itertools
+import json
 import math
 import re
 import signal
@@ -120,6 +125,8 @@ _LIST_PARAMS = frozenset(
     }
 )
 _IGNORED_PARAMS = frozenset({"x-id"})  # botocore adds ?x-id=GetObject etc.
+# The harness's control path (`S3TestServer._admin`): never a valid bucket name.
+ADMIN_PREFIX = "_wsfuse"
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 # Conditional / SSE-C headers the fast path leaves to moto.
 _FALLTHROUGH_HEADERS = (
@@ -607,6 +614,20 @@ class S3TestServer:
         with self._lock:
             self._entries.clear()
 
+    def stats_summary(self, *, reset: bool = False) -> dict[str, dict[str, int]]:
+        """Requests and response body bytes by kind (and `"total"`), as JSON-ready numbers;
+        with `reset`, the counters restart at once (atomically with the reading)."""
+        summary: dict[str, dict[str, int]] = {"total": {"requests": 0, "bytes": 0}}
+        with self._lock:
+            for e in self._entries:
+                for name in (e.kind, "total"):
+                    row = summary.setdefault(name, {"requests": 0, "bytes": 0})
+                    row["requests"] += 1
+                    row["bytes"] += e.bytes_sent
+            if reset:
+                self._entries.clear()
+        return summary
+
     # ------------------------------------------------------------------ faults
 
     def fail_next(
@@ -644,6 +665,8 @@ class S3TestServer:
             method = str(environ.get("REQUEST_METHOD", "GET"))
             bucket, key, query_string = _split_target(environ)
             query = dict(parse_qsl(query_string, keep_blank_values=True))
+            if bucket == ADMIN_PREFIX:
+                return self._admin(method, key or "", query, start_response)
             moto_api = bucket == "moto-api"
             kind = OTHER if moto_api else classify(method, bucket, key, query, environ)
             entry = _Entry(kind, bucket, key)
@@ -686,6 +709,37 @@ class S3TestServer:
             return _Counting(moto_app(environ, start), entry)
 
         return app
+
+    def _admin(
+        self, method: str, action: str, query: dict[str, str], start_response: StartResponse
+    ) -> list[bytes]:
+        """The harness's control path, for a server in another process (not counted, no
+        latency): `GET /_wsfuse/stats` (`?reset=1` resets after reading), `POST
+        /_wsfuse/reset`, `POST /_wsfuse/latency?ms=20`. S3 bucket names cannot contain `_`,
+        so no S3 request is ever taken for one of these."""
+        status = "200 OK"
+        payload: object = None
+        if action == "stats" and method == "GET":
+            payload = self.stats_summary(reset=query.get("reset") in ("1", "true"))
+        elif action == "reset" and method == "POST":
+            self.reset_stats()
+            payload = {}
+        elif action == "latency" and method in ("POST", "PUT"):
+            try:
+                self.latency = float(query.get("ms", "")) / 1000
+            except ValueError:
+                status, payload = "400 Bad Request", {"error": "latency needs ?ms=NUMBER"}
+            else:
+                payload = {"latency_ms": self.latency * 1000}
+        elif action == "latency" and method == "GET":
+            payload = {"latency_ms": self.latency * 1000}
+        else:
+            status, payload = "404 Not Found", {"error": f"no admin action {method} {action!r}"}
+        body = json.dumps(payload).encode()
+        start_response(
+            status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+        )
+        return [body]
 
     @staticmethod
     def _list_uploads(
