@@ -176,3 +176,32 @@ def test_python_m_wsfuse_help() -> None:
         "--provider",
     ]:
         assert flag in out
+
+
+def test_fstab_mount_helper(bucket: S3Bucket, tmp_path: Path) -> None:
+    bucket.put("from-fstab", b"ok")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    helper = Path(__file__).parents[2] / "packaging" / "mount.fuse.wsfuse"
+    env = {**os.environ, "WSFUSE": f"{Path(sys.executable).parent}/wsfuse"}
+    opts = (
+        f"rw,_netdev,nofail,endpoint_url={bucket.server.endpoint_url},"
+        f"cache_dir={tmp_path / 'c'},log_file={tmp_path / 'log'}"
+    )
+    try:
+        result = subprocess.run(
+            [str(helper), bucket.uri, str(mnt), "-n", "-o", opts],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert (mnt / "from-fstab").read_bytes() == b"ok"
+    finally:
+        subprocess.run(
+            [str(Path(sys.executable).parent / "wsfuse"), "unmount", str(mnt)], check=False
+        )
+        if _is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
