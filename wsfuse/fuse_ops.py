@@ -93,17 +93,22 @@ class Operations(pyfuse3.Operations):
         a.generation = 0
         a.entry_timeout = cfg.metadata_ttl
         a.attr_timeout = cfg.metadata_ttl
+        attrs = node.attrs
         if node.is_dir:
-            a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | cfg.dir_mode)
+            perm = attrs.mode & 0o7777 if attrs.mode is not None else cfg.dir_mode
+            a.st_mode = pyfuse3.ModeT(stat.S_IFDIR | perm)
             a.st_nlink = 2
             a.st_size = 0
         else:
-            mode = cfg.file_mode & ~0o222 if cfg.read_only else cfg.file_mode
-            a.st_mode = pyfuse3.ModeT(stat.S_IFREG | mode)
+            kind = stat.S_IFLNK if attrs.is_symlink else stat.S_IFREG
+            perm = attrs.mode & 0o7777 if attrs.mode is not None else cfg.file_mode
+            if cfg.read_only:
+                perm &= ~0o222
+            a.st_mode = pyfuse3.ModeT(kind | perm)
             a.st_nlink = 1
             a.st_size = node.size
-        a.st_uid = cfg.uid
-        a.st_gid = cfg.gid
+        a.st_uid = attrs.uid if attrs.uid is not None else cfg.uid
+        a.st_gid = attrs.gid if attrs.gid is not None else cfg.gid
         a.st_rdev = 0
         a.st_blksize = cfg.block_size
         a.st_blocks = -(-a.st_size // 512)
@@ -155,9 +160,108 @@ class Operations(pyfuse3.Operations):
     async def open(
         self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.FileInfo:
-        write = flags & os.O_ACCMODE != os.O_RDONLY or bool(flags & os.O_TRUNC)
-        fh, keep_cache = await self.fs.open(inode, write=write)
+        write = flags & os.O_ACCMODE != os.O_RDONLY
+        truncate = bool(flags & os.O_TRUNC) and write
+        fh, keep_cache = await self.fs.open(inode, write=write, truncate=truncate)
         return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh), keep_cache=keep_cache)
+
+    @_boundary
+    async def create(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        fh, node = await self.fs.create(parent_inode, os.fsdecode(name), mode, ctx.uid, ctx.gid)
+        return pyfuse3.FileInfo(fh=pyfuse3.FileHandleT(fh)), self.attributes(node)
+
+    @_boundary
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
+
+    @_boundary
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        await self.fs.flush(fh)
+
+    @_boundary
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        await self.fs.fsync(fh)
+
+    @_boundary
+    async def setattr(
+        self,
+        inode: pyfuse3.InodeT,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None,
+            fh=fh,
+        )
+        return self.attributes(node)
+
+    @_boundary
+    async def unlink(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.fs.unlink(parent_inode, os.fsdecode(name))
+
+    @_boundary
+    async def rmdir(
+        self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
+    ) -> None:
+        await self.fs.rmdir(parent_inode, os.fsdecode(name))
+
+    @_boundary
+    async def mkdir(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.mkdir(parent_inode, os.fsdecode(name), mode, ctx.uid, ctx.gid)
+        return self.attributes(node)
+
+    @_boundary
+    async def rename(
+        self,
+        parent_inode_old: pyfuse3.InodeT,
+        name_old: pyfuse3.FileNameT,
+        parent_inode_new: pyfuse3.InodeT,
+        name_new: pyfuse3.FileNameT,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await self.fs.rename(
+            parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new), flags
+        )
+
+    @_boundary
+    async def symlink(
+        self,
+        parent_inode: pyfuse3.InodeT,
+        name: pyfuse3.FileNameT,
+        target: pyfuse3.FileNameT,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = await self.fs.symlink(
+            parent_inode, os.fsdecode(name), os.fsdecode(target), ctx.uid, ctx.gid
+        )
+        return self.attributes(node)
+
+    @_boundary
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        return os.fsencode(await self.fs.readlink(inode))
 
     @_boundary
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -166,7 +270,7 @@ class Operations(pyfuse3.Operations):
 
     @_boundary
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
-        self.fs.release(fh)
+        await self.fs.release(fh)
 
     @_boundary
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
@@ -197,12 +301,14 @@ class Operations(pyfuse3.Operations):
     ) -> Sequence[pyfuse3.XAttrNameT]:
         return []
 
-    # Until the write path lands, the namespace is read-only: say so precisely.
-    async def _read_only(self, *args: Any, **kwargs: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EROFS)
+    async def mknod(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)  # devices, FIFOs and sockets have no object form
 
-    setattr = create = mkdir = mknod = unlink = rmdir = rename = symlink = _read_only
-    write = setxattr = removexattr = _read_only
+    async def setxattr(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, *args: Any, **kwargs: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def link(self, *args: Any, **kwargs: Any) -> Any:
         raise pyfuse3.FUSEError(errno.EPERM)

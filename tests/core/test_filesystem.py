@@ -43,7 +43,7 @@ class Harness:
             while data := await self.fs.read(fh, len(out), chunk):
                 out += data
         finally:
-            self.fs.release(fh)
+            await self.fs.release(fh)
         return bytes(out)
 
 
@@ -157,7 +157,7 @@ async def test_seek_away_cancels_readahead(h: Harness) -> None:
     await trio.sleep(0.3)
     assert h.fs.fetcher.stats.prefetch_cancelled > 0
     assert not h.fs.fetcher.inflight
-    h.fs.release(fh)
+    await h.fs.release(fh)
 
 
 async def test_handle_is_pinned_to_its_version(h: Harness) -> None:

@@ -18,7 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -27,8 +27,12 @@ from wsfuse.backends.base import Backend, ListPage, ObjectInfo
 from wsfuse.cache import BlockCache, MetadataIndex
 from wsfuse.config import MountConfig
 from wsfuse.errors import NotFound, WsfuseError
+from wsfuse.fs import posixmeta
+from wsfuse.fs.mutations import Mutations
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
+from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.reader import BlockFetcher, PinnedObject, Reader
+from wsfuse.fs.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,25 @@ class Inode:
     validated_at: float = 0.0  # wall clock of the LIST/HEAD these attributes came from
     lookups: int = 0
     opened_etag: str | None = None  # etag at the last open: unchanged → keep the page cache
+    # POSIX attributes from object metadata (s3fs conventions); None = the mount's default.
+    attrs: PosixAttrs = field(default_factory=PosixAttrs)
+    # The etag whose cache blocks hold this content: differs from `etag` after a metadata-only
+    # change (chmod, utimens) rewrote the object without changing its bytes.
+    cache_etag: str | None = None
+    symlink_target: str | None = None
+    staging: Staging | None = None  # GUARDED_BY: trio thread; set while written locally
+    open_handles: int = 0
+    unlinked: bool = False  # removed from the namespace while open: data lives in staging
+
+    def pinned(self) -> PinnedObject:
+        return PinnedObject(self.path, self.etag, self.size, self.cache_etag or self.etag)
+
+
+@dataclass(slots=True)
+class FileHandle:
+    ino: int
+    reader: Reader
+    writable: bool
 
 
 @dataclass(slots=True)
@@ -69,7 +92,7 @@ class DirHandle:
     entries: tuple[Entry, ...] | None = None  # snapshot taken at the first readdir
 
 
-class Filesystem:
+class Filesystem(Mutations):
     def __init__(
         self,
         backend: Backend,
@@ -93,7 +116,7 @@ class Filesystem:
         self.listings: dict[str, Listing] = {}
         self._listing_in_progress: dict[str, trio.Event] = {}
         self.negative: dict[str, float] = {}  # path → wall time it was found missing
-        self._handles: dict[int, Reader | DirHandle] = {}
+        self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = itertools.count(1)
         self.hidden_keys = 0
         self.mount_time = now
@@ -113,7 +136,10 @@ class Filesystem:
             self.by_path[(path, is_dir)] = ino
             self.inodes[ino] = Inode(ino, path, is_dir, mtime=self.mount_time)
         node = self.inodes[ino]
-        if entry is not None and not is_dir:
+        if entry is not None and not is_dir and node.staging is None:
+            if entry.etag not in (node.etag, node.cache_etag):
+                # another version: what we knew from its metadata no longer holds
+                node.attrs, node.cache_etag, node.symlink_target = PosixAttrs(), None, None
             node.size, node.etag, node.mtime = entry.size, entry.etag, entry.mtime
         node.validated_at = validated_at
         return node
@@ -173,7 +199,9 @@ class Filesystem:
         info = head[0]
         if info is not None and not info.key.endswith("/"):
             self.negative.pop(path, None)
-            return self._remember(path, False, Entry.file(path, info), now)
+            node = self._remember(path, False, Entry.file(path, info), now)
+            self._apply_metadata(node, info)
+            return node
         self.negative[path] = now
         raise FsError(errno.ENOENT)
 
@@ -188,8 +216,18 @@ class Filesystem:
             info = await self.backend.head(node.path)
         except NotFound:
             raise FsError(errno.ENOENT, f"{node.path!r} was deleted") from None
+        if info.etag != node.etag:
+            node.cache_etag, node.symlink_target = None, None
         node.size, node.etag, node.mtime = info.size, info.etag, info.mtime
+        self._apply_metadata(node, info)
         node.validated_at = self.clock()
+
+    def _apply_metadata(self, node: Inode, info: ObjectInfo) -> None:
+        """POSIX attributes from a HEAD's user metadata (s3fs conventions)."""
+        if info.metadata is not None:
+            node.attrs = posixmeta.decode(info.metadata)
+            if node.attrs.mtime is not None:
+                node.mtime = node.attrs.mtime
 
     # ------------------------------------------------------------------ directories
 
@@ -236,7 +274,7 @@ class Filesystem:
             if page.next_token is None:
                 break
             token = page.next_token
-        listing = Listing.build(path, pages, fetched_at)
+        listing = Listing.build(path, pages, fetched_at, extra=self.local_entries(path))
         if listing.hidden:
             self.hidden_keys += listing.hidden
             log.info(
@@ -245,7 +283,7 @@ class Filesystem:
                 listing.hidden,
             )
         self.listings[path] = listing
-        if self.index is not None:
+        if self.index is not None and not listing.has_local:
             self.index.put_many(DIRS_DB, [(_dir_key(path), listing.encode())])
         for entry in listing.entries:
             ino = self.by_path.get((child_path(path, entry.name), entry.is_dir))
@@ -285,34 +323,59 @@ class Filesystem:
 
     # ------------------------------------------------------------------ files
 
-    async def open(self, ino: int, *, write: bool) -> tuple[int, bool]:
-        """Open for reading; returns (fh, keep_cache). keep_cache when the object is unchanged
-        since the last open, so the kernel serves repeat reads from its page cache."""
+    async def open(self, ino: int, *, write: bool, truncate: bool = False) -> tuple[int, bool]:
+        """Open a file; returns (fh, keep_cache). keep_cache when the object is unchanged since
+        the last open, so the kernel serves repeat reads from its page cache."""
         node = self.inode(ino)
         if node.is_dir:
             raise FsError(errno.EISDIR)
-        if write:
-            raise FsError(errno.EROFS, "writing is not supported yet")
-        if not self._fresh(node.validated_at):
+        if node.staging is None and not self._fresh(node.validated_at):
             await self._revalidate(node)
-        keep_cache = node.opened_etag == node.etag
-        node.opened_etag = node.etag
+        if write:
+            await self.start_writing(node, truncate=truncate)
+        keep_cache = node.staging is None and node.opened_etag == node.etag
+        node.opened_etag = node.etag if node.staging is None else None
+        return self._new_file_handle(node, writable=write), keep_cache
+
+    def _new_file_handle(self, node: Inode, *, writable: bool) -> int:
         fh = next(self._next_fh)
-        self._handles[fh] = Reader(
-            self.fetcher, PinnedObject(node.path, node.etag, node.size), self.config
+        self._handles[fh] = FileHandle(
+            node.ino, Reader(self.fetcher, node.pinned(), self.config), writable
         )
-        return fh, keep_cache
+        node.open_handles += 1
+        return fh
+
+    def file_handle(self, fh: int) -> FileHandle:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            raise FsError(errno.EBADF)
+        return handle
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
-        reader = self._handles.get(fh)
-        if not isinstance(reader, Reader):
-            raise FsError(errno.EBADF)
-        return await reader.read(offset, size)
+        handle = self.file_handle(fh)
+        node = self.inode(handle.ino)
+        if node.staging is not None:  # written here: every reader on this node sees it
+            return node.staging.pread(size, offset)
+        return await handle.reader.read(offset, size)
 
-    def release(self, fh: int) -> None:
+    async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if isinstance(handle, Reader):
-            handle.close()
+        if not isinstance(handle, FileHandle):
+            return
+        handle.reader.close()
+        node = self.inodes.get(handle.ino)
+        if node is None:
+            return
+        node.open_handles -= 1
+        if handle.writable and node.staging is not None and node.staging.dirty:
+            # mmap writes can arrive after close(); RELEASE's error is lost, so a failure here
+            # only leaves the data pending.
+            try:
+                await self.upload(node)
+            except Exception as exc:
+                log.error("upload of %r at release failed, kept as pending: %s", node.path, exc)  # noqa: TRY400
+        if node.open_handles == 0:
+            await self.finish_staging(node)
 
     # ------------------------------------------------------------------ status
 
@@ -335,7 +398,7 @@ class Filesystem:
             "prefetch_cancelled": fetch.prefetch_cancelled,
             "prefetch_skipped_budget": fetch.prefetch_skipped_budget,
             "inflight_blocks": len(self.fetcher.inflight),
-            "open_handles": sum(isinstance(h, Reader) for h in self._handles.values()),
+            "open_handles": sum(isinstance(h, FileHandle) for h in self._handles.values()),
             "hidden_keys": self.hidden_keys,
-            "pending_uploads": [],
+            "pending_uploads": self.pending_uploads(),
         }

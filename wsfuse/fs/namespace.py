@@ -60,9 +60,16 @@ class Listing:
     by_name: dict[str, Entry]
     hidden: int
     fetched_at: float  # wall-clock seconds, so a persisted listing ages across restarts
+    has_local: bool = False  # includes files written here and not uploaded yet
 
     @classmethod
-    def build(cls, path: str, pages: Iterable[ListPage], fetched_at: float) -> Listing:
+    def build(
+        cls,
+        path: str,
+        pages: Iterable[ListPage],
+        fetched_at: float,
+        extra: Iterable[Entry] = (),
+    ) -> Listing:
         prefix = dir_prefix(path)
         n = len(prefix)
         files: dict[str, Entry] = {}
@@ -86,9 +93,10 @@ class Listing:
         for name in files.keys() & dirs.keys():
             hidden += 1  # the directory wins
             del files[name]
-        merged = {**files, **dirs}
+        local = {e.name: e for e in extra if e.name not in dirs}
+        merged = {**files, **local, **dirs}
         entries = tuple(merged[k] for k in sorted(merged))
-        return cls(entries, merged, hidden, fetched_at)
+        return cls(entries, merged, hidden, fetched_at, bool(local))
 
     def encode(self) -> bytes:
         rows = [[e.name, int(e.is_dir), e.size, e.etag, e.mtime] for e in self.entries]

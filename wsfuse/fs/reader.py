@@ -30,8 +30,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class PinnedObject:
     key: str
-    etag: str
+    etag: str  # fetched with If-Match on this
     size: int
+    cache_etag: str = ""  # the blocks' identity in the cache ("" = etag)
+
+    def block(self, index: int) -> BlockKey:
+        return BlockKey(self.key, self.cache_etag or self.etag, index)
 
 
 @dataclass(slots=True)
@@ -105,7 +109,7 @@ class BlockFetcher:
         """Block `index` of `obj`: from the cache, from a fetch in flight, or fetched now
         together with up to `fetch_blocks - 1` following blocks in one GET."""
         while True:
-            bkey = BlockKey(obj.key, obj.etag, index)
+            bkey = obj.block(index)
             pending = self.inflight.get(bkey)
             if pending is None:
                 data = self.cache.get(bkey)
@@ -133,7 +137,7 @@ class BlockFetcher:
         last = min(first + count, self.block_count(obj))
         run: list[BlockKey] = []
         for i in range(first, last):
-            bkey = BlockKey(obj.key, obj.etag, i)
+            bkey = obj.block(i)
             if bkey in self.inflight or self.cache.contains(bkey):
                 break
             run.append(bkey)
@@ -287,7 +291,7 @@ class Reader:
                 self.obj, i, min(self.fetch_blocks, target - i), group=self.readahead
             )
             if covered == 0:
-                bkey = BlockKey(self.obj.key, self.obj.etag, i)
+                bkey = self.obj.block(i)
                 if bkey not in self.fetcher.inflight and not self.fetcher.cache.contains(bkey):
                     break  # out of budget: try again on the next read
                 covered = 1

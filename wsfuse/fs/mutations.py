@@ -1,0 +1,584 @@
+"""The write path: staging, write-through uploads, and the namespace operations that change
+the bucket (create, unlink, mkdir, rmdir, rename, symlink, setattr).
+
+The promise: when `close()` (FLUSH) or `fsync()` returns 0, the bytes are in the bucket; when
+an upload fails, the caller gets EIO and the staged data is kept and recorded as pending in the
+index, so nothing written is lost. RELEASE comes after `close()` has returned (its error is
+lost), so it is never where data is made safe; it only finishes what mmap writes left.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import stat
+from typing import TYPE_CHECKING
+
+import trio
+
+from wsfuse.backends.base import ObjectInfo
+from wsfuse.errors import NotFound
+from wsfuse.fs import posixmeta
+from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
+from wsfuse.fs.posixmeta import PosixAttrs
+from wsfuse.fs.staging import Staging
+from wsfuse.fs.upload import upload_file
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from wsfuse.aio import AsyncBackend
+    from wsfuse.cache import BlockCache, MetadataIndex
+    from wsfuse.config import MountConfig
+    from wsfuse.fs.core import DirHandle, FileHandle, Inode
+    from wsfuse.fs.reader import BlockFetcher
+
+log = logging.getLogger(__name__)
+
+PENDING_DB = "pending"
+# A directory rename copies every object under it; beyond this many it is refused up front
+# (before anything moves) instead of running for hours, non-atomically.
+MAX_DIR_RENAME_OBJECTS = 10_000
+
+
+def _fs_error(code: int, message: str = "") -> Exception:
+    from wsfuse.fs.core import FsError  # noqa: PLC0415 - core imports this module
+
+    return FsError(code, message)
+
+
+class Mutations:
+    """Mixed into `Filesystem`; every method runs on the trio thread."""
+
+    if TYPE_CHECKING:  # what the mixin uses of Filesystem
+        config: MountConfig
+        backend: AsyncBackend
+        cache: BlockCache
+        index: MetadataIndex | None
+        fetcher: BlockFetcher
+        clock: Callable[[], float]
+        inodes: dict[int, Inode]
+        by_path: dict[tuple[str, bool], int]
+        listings: dict[str, Listing]
+        negative: dict[str, float]
+        _handles: dict[int, FileHandle | DirHandle]
+
+        def inode(self, ino: int) -> Inode: ...
+        def file_handle(self, fh: int) -> FileHandle: ...
+        async def lookup(self, parent_ino: int, name: str) -> Inode: ...
+        def _new_file_handle(self, node: Inode, *, writable: bool) -> int: ...
+        def _remember(
+            self, path: str, is_dir: bool, entry: Entry | None, validated_at: float
+        ) -> Inode: ...
+
+    # ------------------------------------------------------------------ staging
+
+    async def start_writing(self, node: Inode, *, truncate: bool) -> None:
+        """Give `node` a staging file holding its current content (or none, if truncating)."""
+        if self.config.read_only:
+            raise _fs_error(errno.EROFS)
+        if node.staging is None:
+            staging = Staging(self.config.cache_dir / "staging")
+            try:
+                if not truncate and node.size:
+                    await self._fill_staging(node, staging)
+            except BaseException:
+                staging.close(remove=True)
+                raise
+            node.staging = staging
+        if truncate and node.staging.size:
+            node.staging.truncate(0)
+        if truncate:
+            node.staging.touch()  # O_TRUNC changes the file even when it was empty
+            node.size = 0
+        self._record_pending(node, "open")
+
+    async def _fill_staging(self, node: Inode, staging: Staging) -> None:
+        """Copy the object's bytes into `staging`, block by block through the cache."""
+        obj = node.pinned()
+        bs = self.config.block_size
+        fetch = max(1, self.config.fetch_size // bs)
+        for index in range(self.fetcher.block_count(obj)):
+            data = await self.fetcher.get_block(obj, index, fetch_blocks=fetch)
+            os.pwrite(staging.fd, data, index * bs)
+        staging.size = node.size
+        os.ftruncate(staging.fd, node.size)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.file_handle(fh)
+        if not handle.writable:
+            raise _fs_error(errno.EBADF)
+        node = self.inode(handle.ino)
+        assert node.staging is not None
+        n = node.staging.pwrite(data, offset)
+        node.size = node.staging.size
+        node.mtime = self.clock()
+        node.attrs = PosixAttrs(node.attrs.mode, node.attrs.uid, node.attrs.gid, node.mtime)
+        return n
+
+    async def flush(self, fh: int) -> None:
+        """close(): upload if this inode changed since its last upload (dup'ed and forked
+        descriptors flush many times; only the first one with changes uploads)."""
+        node = self.inode(self.file_handle(fh).ino)
+        if node.staging is not None and node.staging.dirty:
+            await self.upload(node)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def upload(self, node: Inode) -> None:
+        """Make the bucket hold the staged bytes; raise (and keep them pending) if it cannot."""
+        staging = node.staging
+        if staging is None or not staging.dirty or node.unlinked:
+            return
+        version = staging.version
+        attrs = PosixAttrs(
+            node.attrs.mode
+            if node.attrs.mode is not None
+            else stat.S_IFREG | self.config.file_mode,
+            node.attrs.uid if node.attrs.uid is not None else self.config.uid,
+            node.attrs.gid if node.attrs.gid is not None else self.config.gid,
+            node.attrs.mtime if node.attrs.mtime is not None else self.clock(),
+        )
+        try:
+            info = await upload_file(
+                self.backend,
+                node.path,
+                staging.fd,
+                staging.size,
+                posixmeta.encode(attrs),
+                on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
+            )
+        except Exception:
+            self._record_pending(node, "failed")
+            raise
+        if node.staging is staging:
+            staging.uploaded_version = version
+            if staging.version == version:  # no write arrived while uploading
+                self._forget_pending(node)
+        node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
+        node.validated_at = self.clock()
+        self._listing_put(
+            node,
+            Entry(node.path.rpartition("/")[2], False, staging.size, info.etag, attrs.mtime or 0.0),
+        )
+
+    async def finish_staging(self, node: Inode) -> None:
+        """The last handle is closed: a clean staging file becomes cache blocks of the uploaded
+        version (no re-download to read it back) and goes away; a dirty one stays pending."""
+        staging = node.staging
+        if staging is None or (staging.dirty and not node.unlinked):
+            return
+        node.staging = None
+        if not node.unlinked and node.etag:
+            obj = node.pinned()
+            bs = self.config.block_size
+
+            def to_cache() -> None:
+                for index in range(self.fetcher.block_count(obj)):
+                    self.cache.put(obj.block(index), os.pread(staging.fd, bs, index * bs))
+
+            await trio.to_thread.run_sync(to_cache)
+        staging.close(remove=True)
+        self._forget_pending(node)
+
+    # ------------------------------------------------------------------ pending records
+
+    def _record_pending(self, node: Inode, state: str, **extra: str) -> None:
+        if self.index is None or node.staging is None:
+            return
+        record = {
+            "key": node.path,
+            "staging": str(node.staging.path),
+            "state": state,
+            "base_etag": node.etag if state == "open" else None,
+            "size": node.staging.size,
+            "time": self.clock(),
+            **extra,
+        }
+        old = self.index.get(PENDING_DB, _pending_key(node.path))
+        if old is not None:
+            prev = json.loads(old)
+            record["base_etag"] = prev.get("base_etag")
+            if "upload_id" not in record and prev.get("upload_id"):
+                record["upload_id"] = prev["upload_id"]
+        self.index.put_many(PENDING_DB, [(_pending_key(node.path), json.dumps(record).encode())])
+
+    def _forget_pending(self, node: Inode) -> None:
+        if self.index is not None:
+            self.index.delete_many(PENDING_DB, [_pending_key(node.path)])
+
+    def pending_uploads(self) -> list[dict[str, object]]:
+        if self.index is None:
+            return []
+        return [json.loads(v) for _, v in self.index.items(PENDING_DB)]
+
+    # ------------------------------------------------------------------ listings
+
+    def _listing_put(self, node: Inode, entry: Entry) -> None:
+        parent = node.path.rpartition("/")[0]
+        listing = self.listings.get(parent)
+        if listing is not None:
+            entries = dict(listing.by_name)
+            entries[entry.name] = entry
+            self.listings[parent] = _rebuilt(listing, entries)
+        self._drop_persisted_listing(parent)
+        self.negative.pop(node.path, None)
+
+    def _listing_drop(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        listing = self.listings.get(parent)
+        if listing is not None and name in listing.by_name:
+            entries = dict(listing.by_name)
+            del entries[name]
+            self.listings[parent] = _rebuilt(listing, entries)
+        self._drop_persisted_listing(parent)
+        self.negative[path] = self.clock()
+
+    def _drop_persisted_listing(self, path: str) -> None:
+        from wsfuse.fs.core import DIRS_DB, _dir_key  # noqa: PLC0415
+
+        if self.index is not None:
+            self.index.delete_many(DIRS_DB, [_dir_key(path)])
+
+    def local_entries(self, path: str) -> list[Entry]:
+        """Files created here and not uploaded yet: a fresh remote listing must still show them."""
+        out = []
+        for node in self.inodes.values():
+            if node.staging is not None and not node.unlinked and not node.is_dir:
+                parent, _, name = node.path.rpartition("/")
+                if parent == path:
+                    out.append(Entry(name, False, node.size, node.etag, node.mtime))
+        return out
+
+    # ------------------------------------------------------------------ namespace changes
+
+    def _writable(self) -> None:
+        if self.config.read_only:
+            raise _fs_error(errno.EROFS)
+
+    async def _child(self, parent_ino: int, name: str) -> Inode | None:
+        from wsfuse.fs.core import FsError  # noqa: PLC0415
+
+        try:
+            node = await self.lookup(parent_ino, name)
+        except FsError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
+        node.lookups -= 1  # an internal lookup, not the kernel's
+        return node
+
+    def _check_name(self, name: str) -> None:
+        if len(name.encode()) > 255:
+            raise _fs_error(errno.ENAMETOOLONG)
+        if not valid_name(name):
+            raise _fs_error(errno.EINVAL)
+
+    async def create(
+        self, parent_ino: int, name: str, mode: int, uid: int, gid: int
+    ) -> tuple[int, Inode]:
+        self._writable()
+        self._check_name(name)
+        parent = self.inode(parent_ino)
+        if not parent.is_dir:
+            raise _fs_error(errno.ENOTDIR)
+        existing = await self._child(parent_ino, name)
+        if existing is not None and existing.is_dir:
+            raise _fs_error(errno.EISDIR)
+        path = child_path(parent.path, name)
+        node = existing or self._remember(path, False, None, self.clock())
+        node.attrs = PosixAttrs(stat.S_IFREG | (mode & 0o7777), uid, gid, self.clock())
+        node.mtime = self.clock()
+        await self.start_writing(node, truncate=True)
+        self._listing_put(node, Entry(name, False, 0, node.etag, node.mtime))
+        node.lookups += 1
+        return self._new_file_handle(node, writable=True), node
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        self._writable()
+        node = await self._child(parent_ino, name)
+        if node is None:
+            raise _fs_error(errno.ENOENT)
+        if node.is_dir:
+            raise _fs_error(errno.EISDIR)
+        if node.open_handles and node.staging is None:
+            # Open handles must keep reading (and writing) after the name is gone.
+            await self.start_writing(node, truncate=False)
+        if node.etag or node.staging is None:
+            await self.backend.run_sync(lambda: self.backend.backend.delete(node.path))
+        self._detach(node)
+
+    def _detach(self, node: Inode) -> None:
+        """Take `node` out of the namespace; its data lives on in staging while open."""
+        self._listing_drop(node.path)
+        self.by_path.pop((node.path, node.is_dir), None)
+        if node.staging is not None:
+            node.unlinked = True
+            self._forget_pending(node)
+            if node.open_handles == 0:
+                node.staging.close(remove=True)
+                node.staging = None
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Inode:
+        self._writable()
+        self._check_name(name)
+        parent = self.inode(parent_ino)
+        if await self._child(parent_ino, name) is not None:
+            raise _fs_error(errno.EEXIST)
+        path = child_path(parent.path, name)
+        attrs = PosixAttrs(stat.S_IFDIR | (mode & 0o7777), uid, gid, self.clock())
+        await self.backend.run_sync(
+            lambda: self.backend.backend.put(
+                dir_prefix(path), b"", metadata=posixmeta.encode(attrs)
+            )
+        )
+        node = self._remember(path, True, None, self.clock())
+        node.attrs = attrs
+        self._listing_put(node, Entry(name, True, mtime=self.clock()))
+        self.listings[path] = Listing((), {}, 0, self.clock())
+        node.lookups += 1
+        return node
+
+    async def _is_empty_dir(self, path: str) -> bool:
+        if self.local_entries(path):
+            return False
+        page = await self.backend.list(dir_prefix(path))
+        others = [o for o in page.objects if o.key != dir_prefix(path)]
+        return not others and not page.prefixes
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        self._writable()
+        node = await self._child(parent_ino, name)
+        if node is None:
+            raise _fs_error(errno.ENOENT)
+        if not node.is_dir:
+            raise _fs_error(errno.ENOTDIR)
+        if not await self._is_empty_dir(node.path):
+            raise _fs_error(errno.ENOTEMPTY)
+        await self.backend.run_sync(lambda: self.backend.backend.delete(dir_prefix(node.path)))
+        self.listings.pop(node.path, None)
+        self._drop_persisted_listing(node.path)
+        self._detach(node)
+
+    async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Inode:
+        self._writable()
+        self._check_name(name)
+        parent = self.inode(parent_ino)
+        if await self._child(parent_ino, name) is not None:
+            raise _fs_error(errno.EEXIST)
+        path = child_path(parent.path, name)
+        attrs = PosixAttrs(stat.S_IFLNK | 0o777, uid, gid, self.clock())
+        body = os.fsencode(target)
+        info: ObjectInfo = await self.backend.run_sync(
+            lambda: self.backend.backend.put(path, body, metadata=posixmeta.encode(attrs))
+        )
+        node = self._remember(path, False, None, self.clock())
+        node.size, node.etag, node.attrs, node.symlink_target = len(body), info.etag, attrs, target
+        self._listing_put(node, Entry(name, False, len(body), info.etag, self.clock()))
+        node.lookups += 1
+        return node
+
+    async def readlink(self, ino: int) -> str:
+        node = self.inode(ino)
+        if not node.attrs.is_symlink:
+            raise _fs_error(errno.EINVAL)
+        if node.symlink_target is None:
+            data = await self.backend.get_range(node.path, 0, node.size, if_match=node.etag)
+            node.symlink_target = os.fsdecode(data)
+        return node.symlink_target
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        size: int | None = None,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        mtime: float | None = None,
+        fh: int | None = None,
+    ) -> Inode:
+        self._writable()
+        node = self.inode(ino)
+        old = node.attrs
+        new = PosixAttrs(
+            (old.mode or (stat.S_IFDIR if node.is_dir else stat.S_IFREG)) & ~0o7777
+            | (mode & 0o7777)
+            if mode is not None
+            else old.mode,
+            uid if uid is not None else old.uid,
+            gid if gid is not None else old.gid,
+            mtime if mtime is not None else old.mtime,
+        )
+        if size is not None:
+            if node.is_dir:
+                raise _fs_error(errno.EISDIR)
+            if node.staging is None:
+                await self.start_writing(node, truncate=False)
+            assert node.staging is not None
+            node.staging.truncate(size)
+            node.size = size
+            if mtime is None:
+                new = PosixAttrs(new.mode, new.uid, new.gid, self.clock())
+        node.attrs = new
+        if new.mtime is not None:
+            node.mtime = new.mtime
+        if node.staging is not None:
+            node.staging.touch()
+            if fh is None and node.open_handles == 0:  # truncate(path): no close will follow
+                await self.upload(node)
+                await self.finish_staging(node)
+            return node
+        if new != old:
+            await self._rewrite_metadata(node)
+        return node
+
+    async def _rewrite_metadata(self, node: Inode) -> None:
+        """chmod/chown/utimens of an unchanged object: copy it onto itself with new metadata.
+        Its bytes are unchanged, so its cache blocks stay valid (kept under `cache_etag`)."""
+        key = dir_prefix(node.path) if node.is_dir else node.path
+        attrs = node.attrs
+        if node.is_dir:
+            default = stat.S_IFDIR | self.config.dir_mode
+            full = PosixAttrs(attrs.mode or default, attrs.uid, attrs.gid, attrs.mtime)
+            await self.backend.run_sync(
+                lambda: self.backend.backend.put(key, b"", metadata=posixmeta.encode(full))
+            )
+            return
+        try:
+            info = await self.backend.run_sync(
+                lambda: self.backend.backend.copy(key, key, metadata=posixmeta.encode(attrs))
+            )
+        except NotFound:
+            raise _fs_error(errno.ENOENT) from None
+        node.cache_etag = node.cache_etag or node.etag
+        node.etag = info.etag
+        node.opened_etag = None
+
+    async def rename(
+        self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int
+    ) -> None:
+        self._writable()
+        self._check_name(new_name)
+        if flags & 2:  # RENAME_EXCHANGE: two objects cannot swap atomically
+            raise _fs_error(errno.EINVAL)
+        src = await self._child(old_parent, old_name)
+        if src is None:
+            raise _fs_error(errno.ENOENT)
+        dst = await self._child(new_parent, new_name)
+        if dst is src:
+            return
+        if dst is not None:
+            if flags & 1:  # RENAME_NOREPLACE
+                raise _fs_error(errno.EEXIST)
+            if dst.is_dir and not src.is_dir:
+                raise _fs_error(errno.EISDIR)
+            if src.is_dir and not dst.is_dir:
+                raise _fs_error(errno.ENOTDIR)
+            if dst.is_dir and not await self._is_empty_dir(dst.path):
+                raise _fs_error(errno.ENOTEMPTY)
+        new_path = child_path(self.inode(new_parent).path, new_name)
+        if src.is_dir:
+            await self._rename_dir(src, new_path)
+        else:
+            await self._rename_file(src, new_path)
+        if dst is not None:
+            if dst.is_dir:
+                await self.backend.run_sync(
+                    lambda: self.backend.backend.delete(dir_prefix(dst.path))
+                )
+            dst_node_path = dst.path
+            self.by_path.pop((dst_node_path, dst.is_dir), None)
+            if dst.staging is not None:
+                dst.unlinked = True
+                self._forget_pending(dst)
+        self._move_inode(src, new_path)
+
+    async def _rename_file(self, src: Inode, new_path: str) -> None:
+        if src.staging is not None and (src.staging.dirty or not src.etag):
+            old_path = src.path
+            self._forget_pending(src)
+            src.path = new_path
+            try:
+                await self.upload(src)
+            finally:
+                src.path = old_path
+            if src.etag:
+                await self.backend.run_sync(lambda: self.backend.backend.delete(old_path))
+            return
+        info = await self.backend.run_sync(lambda: self.backend.backend.copy(src.path, new_path))
+        await self.backend.run_sync(lambda: self.backend.backend.delete(src.path))
+        src.cache_etag = None
+        src.etag = info.etag
+
+    async def _rename_dir(self, src: Inode, new_path: str) -> None:
+        old_prefix, new_prefix = dir_prefix(src.path), dir_prefix(new_path)
+        keys: list[str] = []
+        token = None
+        while True:
+            page = await self.backend.list(old_prefix, delimiter=None, token=token)
+            keys += [o.key for o in page.objects]
+            if len(keys) > MAX_DIR_RENAME_OBJECTS:
+                log.error(
+                    "rename of %s refused: more than %d objects under it (renaming a directory "
+                    "copies every object; use a tool that copies in the background)",
+                    src.path,
+                    MAX_DIR_RENAME_OBJECTS,
+                )
+                raise _fs_error(errno.EXDEV)
+            if page.next_token is None:
+                break
+            token = page.next_token
+        for node in list(self.inodes.values()):
+            if node.staging is not None and node.path.startswith(old_prefix):
+                await self.upload(node)
+        if not any(k == old_prefix for k in keys):
+            keys.insert(0, old_prefix)  # an implicit directory becomes an explicit one
+            await self.backend.run_sync(lambda: self.backend.backend.put(old_prefix, b""))
+        log.info("renaming %s → %s: %d objects (not atomic)", src.path, new_path, len(keys))
+        for done, key in enumerate(keys, 1):
+            await self._move_object(key, new_prefix + key[len(old_prefix) :])
+            if done % 100 == 0:
+                log.info("renaming %s: %d/%d objects moved", src.path, done, len(keys))
+        for path in [p for p in self.listings if p == src.path or p.startswith(old_prefix)]:
+            del self.listings[path]
+            self._drop_persisted_listing(path)
+
+    async def _move_object(self, src: str, dst: str) -> None:
+        raw = self.backend.backend
+        await self.backend.run_sync(lambda: raw.copy(src, dst))
+        await self.backend.run_sync(lambda: raw.delete(src))
+
+    def _move_inode(self, node: Inode, new_path: str) -> None:
+        old_path = node.path
+        self._listing_drop(old_path)
+        old_prefix = dir_prefix(old_path)
+        for other in list(self.inodes.values()):
+            if other.path == old_path or (node.is_dir and other.path.startswith(old_prefix)):
+                self.by_path.pop((other.path, other.is_dir), None)
+                other.path = new_path + other.path[len(old_path) :]
+                self.by_path[(other.path, other.is_dir)] = other.ino
+                if other.staging is not None:
+                    self._record_pending(other, "open")
+        from wsfuse.fs.core import FileHandle  # noqa: PLC0415
+
+        for handle in self._handles.values():
+            if isinstance(handle, FileHandle) and handle.reader.obj.key.startswith(old_path):
+                handle.reader.obj = self.inodes[handle.ino].pinned()
+        name = new_path.rpartition("/")[2]
+        self._listing_put(node, Entry(name, node.is_dir, node.size, node.etag, node.mtime))
+
+
+def _pending_key(path: str) -> bytes:
+    """LMDB keys are at most 511 bytes; S3 keys up to 1024."""
+    raw = path.encode("utf-8", "surrogateescape")
+    return raw if len(raw) <= 480 else raw[:400] + hashlib.sha256(raw).hexdigest().encode()
+
+
+def _rebuilt(listing: Listing, entries: dict[str, Entry]) -> Listing:
+    ordered = tuple(entries[k] for k in sorted(entries))
+    return Listing(ordered, dict(entries), listing.hidden, listing.fetched_at)
