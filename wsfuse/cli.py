@@ -146,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     unmount.add_argument("mountpoint", type=Path)
     _add_log_flags(unmount)
 
+    recover = sub.add_parser(
+        "recover",
+        help="upload what a failed or crashed mount left pending (the next mount does it too)",
+    )
+    recover.add_argument("uri", nargs="?", metavar="URI")
+    recover.add_argument("--cache-dir", type=Path, metavar="DIR")
+    _add_backend_flags(recover)
+
     status = sub.add_parser("status", help="cache, traffic and upload status of a mount")
     status.add_argument("mountpoint", type=Path)
     status.add_argument("--json", action="store_true", help="print the raw JSON")
@@ -329,6 +337,21 @@ def _without_log_file(argv: list[str]) -> list[str]:
     return out
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    from wsfuse import mount  # noqa: PLC0415
+
+    uri, backend = open_storage(args)
+    try:
+        config = MountConfig(cache_dir=args.cache_dir or cache_dir_for(uri, default_cache_root()))
+        report = mount.recover(backend, config)
+    finally:
+        backend.close()
+    for line in report:
+        print(line)
+    print(f"{len(report)} pending item(s)" if report else "nothing pending")
+    return 0
+
+
 def cmd_unmount(args: argparse.Namespace) -> int:
     from wsfuse import mount  # noqa: PLC0415
 
@@ -359,6 +382,7 @@ COMMANDS = {
     "unmount": cmd_unmount,
     "umount": cmd_unmount,
     "status": cmd_status,
+    "recover": cmd_recover,
 }
 
 

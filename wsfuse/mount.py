@@ -207,6 +207,8 @@ async def _main(backend: Backend, config: MountConfig, mountpoint: Path, source:
     with open_cache(config) as cache:
         async with trio.open_nursery() as nursery:
             fs = Filesystem(backend, config, cache, nursery, index=cache.index)
+            if not config.read_only:
+                await fs.recover_pending()
             control = control_socket_path(config.cache_dir)
             await nursery.start(serve_control, fs, control)
             ops = Operations(fs, config, os.fspath(control))
@@ -236,6 +238,20 @@ async def _on_signals() -> None:
             log.info("%s: unmounting", signal.Signals(signum).name)
             pyfuse3.terminate()
             return
+
+
+def recover(backend: Backend, config: MountConfig) -> list[str]:
+    """`wsfuse recover`: what the next mount would do with pending uploads, without mounting."""
+
+    async def run() -> list[str]:
+        with open_cache(config) as cache:
+            async with trio.open_nursery() as nursery:
+                fs = Filesystem(backend, config, cache, nursery, index=cache.index)
+                report = await fs.recover_pending()
+                nursery.cancel_scope.cancel()
+        return report
+
+    return trio.run(run)
 
 
 def run_foreground(backend: Backend, config: MountConfig, mountpoint: Path, source: str) -> None:

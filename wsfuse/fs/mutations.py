@@ -15,6 +15,9 @@ import json
 import logging
 import os
 import stat
+import time
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import trio
@@ -153,7 +156,7 @@ class Mutations:
                 on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
             )
         except Exception:
-            self._record_pending(node, "failed")
+            self._record_pending(node, "failed", closed=True)
             raise
         if node.staging is staging:
             staging.uploaded_version = version
@@ -187,16 +190,17 @@ class Mutations:
 
     # ------------------------------------------------------------------ pending records
 
-    def _record_pending(self, node: Inode, state: str, **extra: str) -> None:
+    def _record_pending(self, node: Inode, state: str, **extra: object) -> None:
         if self.index is None or node.staging is None:
             return
-        record = {
+        record: dict[str, object] = {
             "key": node.path,
             "staging": str(node.staging.path),
             "state": state,
-            "base_etag": node.etag if state == "open" else None,
+            "base_etag": node.etag or None if state == "open" else None,
             "size": node.staging.size,
             "time": self.clock(),
+            "meta": posixmeta.encode(node.attrs),
             **extra,
         }
         old = self.index.get(PENDING_DB, _pending_key(node.path))
@@ -215,6 +219,70 @@ class Mutations:
         if self.index is None:
             return []
         return [json.loads(v) for _, v in self.index.items(PENDING_DB)]
+
+    async def recover_pending(self) -> list[str]:
+        """Finish what a previous daemon left (run before mounting): abort its multipart
+        uploads; upload staged data whose close() failed, but only over the version it was
+        opened from (else keep it as a conflict copy beside it); keep listing data of files
+        that were never closed (a crash mid-write), uploading nothing of them."""
+        if self.index is None:
+            return []
+        report: list[str] = []
+        raw = self.backend.backend
+        for rkey, value in self.index.items(PENDING_DB):
+            rec = json.loads(value)
+            key, staging_path = str(rec["key"]), Path(str(rec["staging"]))
+            upload_id = rec.pop("upload_id", None)
+            if upload_id:
+                try:
+                    await self.backend.run_sync(partial(raw.abort_multipart, key, str(upload_id)))
+                except Exception as exc:
+                    log.warning(
+                        "could not abort multipart upload %s of %r: %s", upload_id, key, exc
+                    )
+                self.index.put_many(PENDING_DB, [(rkey, json.dumps(rec).encode())])
+            if not os.path.exists(staging_path):
+                report.append(f"{key}: staged data is gone ({staging_path}); record dropped")
+                self.index.delete_many(PENDING_DB, [rkey])
+                continue
+            if rec["state"] in ("open", "uploading") and rec.get("closed") is not True:
+                report.append(
+                    f"{key}: was never closed (the daemon stopped mid-write); its staged data is "
+                    f"kept at {staging_path}, not uploaded"
+                )
+                continue
+            report.append(await self._recover_one(rkey, rec, key, staging_path))
+        for line in report:
+            log.warning("recovery: %s", line)
+        return report
+
+    async def _recover_one(
+        self, rkey: bytes, rec: dict[str, object], key: str, staging_path: Path
+    ) -> str:
+        base = rec.get("base_etag") or None
+        try:
+            current: str | None = (await self.backend.head(key)).etag
+        except NotFound:
+            current = None
+        target = key
+        if current != base:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+            target = f"{key}.wsfuse-conflict-{stamp}"
+        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
+        fd = os.open(staging_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(fd).st_size
+            await upload_file(self.backend, target, fd, size, meta)  # type: ignore[arg-type]
+        except Exception as exc:
+            return f"{key}: upload failed again ({exc}); staged data kept at {staging_path}"
+        finally:
+            os.close(fd)
+        os.unlink(staging_path)
+        if self.index is not None:
+            self.index.delete_many(PENDING_DB, [rkey])
+        if target != key:
+            return f"{key}: changed in the bucket since it was opened; saved as {target}"
+        return f"{key}: uploaded ({size} bytes)"
 
     # ------------------------------------------------------------------ listings
 

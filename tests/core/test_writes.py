@@ -1,0 +1,221 @@
+"""The write path driven directly (memory backend): write-through, failure handling, the
+namespace operations, and recovery of pending uploads."""
+
+from __future__ import annotations
+
+import errno
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.core.test_filesystem import Harness, make_config
+from wsfuse.backends.faults import FaultInjectingBackend
+from wsfuse.backends.memory import MemoryBackend
+from wsfuse.cache import BlockCache
+from wsfuse.errors import BackendError, Transient
+from wsfuse.fs import posixmeta
+from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
+from wsfuse.testing.ramp import ramp
+
+MiB = 1 << 20
+
+
+class WHarness(Harness):
+    async def create(self, path: str, data: bytes = b"", mode: int = 0o644) -> tuple[int, int]:
+        parent, _, name = path.rpartition("/")
+        fh, node = await self.fs.create(await self.path_ino(parent), name, mode, 1000, 1000)
+        if data:
+            await self.fs.write(fh, 0, data)
+        return fh, node.ino
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        fh, _ = await self.create(path, data)
+        await self.fs.flush(fh)
+        await self.fs.release(fh)
+
+
+@asynccontextmanager
+async def _harness(tmp_path: Path, backend: MemoryBackend) -> AsyncIterator[WHarness]:
+    faulty = FaultInjectingBackend(backend)
+    config = make_config(tmp_path)
+    cache = BlockCache(config.cache_dir, block_size=config.block_size, capacity=1 << 30, min_free=0)
+    try:
+        async with trio.open_nursery() as nursery:
+            fs = Filesystem(faulty, config, cache, nursery, index=cache.index)
+            yield WHarness(fs, backend, faulty)
+            nursery.cancel_scope.cancel()
+    finally:
+        cache.close()
+
+
+@pytest.fixture
+async def w(tmp_path: Path) -> AsyncIterator[WHarness]:
+    async with _harness(tmp_path, MemoryBackend()) as h:
+        yield h
+
+
+async def test_close_puts_the_object_with_posix_metadata(w: WHarness) -> None:
+    await w.write_file("f.txt", b"hello")
+    info = w.backend.head("f.txt")
+    assert w.backend.get_range("f.txt", 0, 100) == b"hello"
+    attrs = posixmeta.decode(info.metadata)
+    assert attrs.mode == stat.S_IFREG | 0o644
+    assert (attrs.uid, attrs.gid) == (1000, 1000)
+    assert attrs.mtime is not None
+
+
+async def test_flush_uploads_only_when_changed(w: WHarness) -> None:
+    fh, _ = await w.create("g", b"abc")
+    await w.fs.flush(fh)
+    await w.fs.flush(fh)  # a dup'ed descriptor closing: nothing changed since
+    assert w.backend.counts["put"] == 1
+    await w.fs.write(fh, 3, b"d")
+    await w.fs.fsync(fh)
+    assert w.backend.counts["put"] == 2
+    await w.fs.release(fh)
+    assert w.backend.get_range("g", 0, 10) == b"abcd"
+
+
+async def test_large_files_use_parallel_multipart(w: WHarness) -> None:
+    size = 40 * MiB + 3
+    fh, _ = await w.create("big")
+    for off in range(0, size, 4 * MiB):
+        await w.fs.write(fh, off, ramp("big", off, min(4 * MiB, size - off)))
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert w.backend.counts["upload_part"] == 6  # 8 MiB parts, the last of 3 bytes
+    assert w.backend.get_range("big", 0, size) == ramp("big", 0, size)
+    # read back from the cache: the staged bytes became blocks of the new version
+    before = w.backend.counts["get_range"]
+    assert await w.read_all("big") == ramp("big", 0, size)
+    assert w.backend.counts["get_range"] == before
+
+
+async def test_failed_upload_is_an_error_keeps_data_and_is_pending(w: WHarness) -> None:
+    fh, ino = await w.create("doomed", b"precious")
+    w.faulty.fail("put", Transient("503"), times=100)
+    with pytest.raises(BackendError):
+        await w.fs.flush(fh)
+    pending = w.fs.pending_uploads()
+    assert [p["key"] for p in pending] == ["doomed"]
+    assert pending[0]["state"] == "failed"
+    assert Path(str(pending[0]["staging"])).read_bytes() == b"precious"
+    # readers on this node still see the written data
+    assert bytes(await w.fs.read(fh, 0, 100)) == b"precious"
+    await w.fs.release(fh)
+    assert Path(str(pending[0]["staging"])).exists()
+
+
+async def test_recovery_uploads_over_the_opened_version_or_keeps_a_conflict_copy(
+    tmp_path: Path,
+) -> None:
+    backend = MemoryBackend()
+    backend.put("same", b"v1")
+    backend.put("changed", b"v1")
+    async with _harness(tmp_path, backend) as h:
+        for key in ("same", "changed"):
+            fh, _ = await h.fs.open(await h.path_ino(key), write=True, truncate=True)
+            await h.fs.write(fh, 0, b"mine")
+            h.faulty.fail("put", Transient("503"), times=100, key=key)
+            with pytest.raises(BackendError):
+                await h.fs.flush(fh)
+            await h.fs.release(fh)
+        fh, _ = await h.create("unclosed", b"partial")  # never closed: the daemon "dies"
+    backend.put("changed", b"someone else's")
+    async with _harness(tmp_path, backend) as h:
+        report = await h.fs.recover_pending()
+        assert backend.get_range("same", 0, 10) == b"mine"
+        assert backend.get_range("changed", 0, 100) == b"someone else's"
+        conflicts = [k for k in backend.keys() if k.startswith("changed.wsfuse-conflict-")]
+        assert len(conflicts) == 1
+        assert backend.get_range(conflicts[0], 0, 10) == b"mine"
+        assert "unclosed" not in backend.keys()
+        assert [p["key"] for p in h.fs.pending_uploads()] == ["unclosed"]
+        assert any("never closed" in line for line in report)
+
+
+async def test_unlinked_open_file_stays_readable_and_writable(w: WHarness) -> None:
+    w.backend.put("u", ramp("u", 0, 3 * MiB))
+    ino = await w.path_ino("u")
+    fh, _ = await w.fs.open(ino, write=False)
+    await w.fs.unlink(ROOT_INO, "u")
+    assert "u" not in w.backend.keys()
+    assert bytes(await w.fs.read(fh, MiB, 100)) == ramp("u", MiB, 100)
+    with pytest.raises(FsError):
+        await w.fs.lookup(ROOT_INO, "u")
+    await w.fs.release(fh)
+    assert w.fs.pending_uploads() == []
+
+
+async def test_mkdir_rmdir_and_not_empty(w: WHarness) -> None:
+    d = await w.fs.mkdir(ROOT_INO, "d", 0o750, 0, 0)
+    assert "d/" in w.backend.keys()
+    assert posixmeta.decode(w.backend.head("d/").metadata).mode == stat.S_IFDIR | 0o750
+    w.backend.put("d/sub/deep", b"x")  # an implicit child, made elsewhere
+    w.fs.listings.clear()
+    with pytest.raises(FsError) as err:
+        await w.fs.rmdir(ROOT_INO, "d")
+    assert err.value.errno == errno.ENOTEMPTY
+    w.backend.delete("d/sub/deep")
+    await w.fs.rmdir(ROOT_INO, "d")
+    assert "d/" not in w.backend.keys()
+    with pytest.raises(FsError):
+        await w.fs.lookup(ROOT_INO, "d")
+    assert ("d", True) not in w.fs.by_path and d.is_dir
+
+
+async def test_rename_file_replaces_target_and_moves_directories(w: WHarness) -> None:
+    await w.write_file("a", b"AAA")
+    await w.write_file("b", b"BBB")
+    await w.fs.rename(ROOT_INO, "a", ROOT_INO, "b", 0)
+    assert w.backend.keys() == ["b"]
+    assert w.backend.get_range("b", 0, 10) == b"AAA"
+    for key in ["dir/x", "dir/sub/y"]:
+        w.backend.put(key, key.encode())
+    w.fs.listings.clear()
+    await w.fs.rename(ROOT_INO, "dir", ROOT_INO, "moved", 0)
+    assert sorted(w.backend.keys()) == ["b", "moved/", "moved/sub/y", "moved/x"]
+    assert await w.read_all("moved/sub/y") == b"dir/sub/y"
+    with pytest.raises(FsError) as err:
+        await w.fs.rename(ROOT_INO, "b", ROOT_INO, "moved", 0)
+    assert err.value.errno == errno.EISDIR
+
+
+async def test_chmod_keeps_cached_content(w: WHarness) -> None:
+    w.backend.put("c", ramp("c", 0, 2 * MiB))
+    assert await w.read_all("c") == ramp("c", 0, 2 * MiB)
+    gets = w.backend.counts["get_range"]
+    node = await w.fs.setattr(await w.path_ino("c"), mode=0o600)
+    assert posixmeta.decode(w.backend.head("c").metadata).mode == stat.S_IFREG | 0o600
+    assert node.attrs.mode == stat.S_IFREG | 0o600
+    assert await w.read_all("c") == ramp("c", 0, 2 * MiB)
+    assert w.backend.counts["get_range"] == gets
+
+
+async def test_truncate_shrink_and_grow(w: WHarness) -> None:
+    await w.write_file("t", b"0123456789")
+    ino = await w.path_ino("t")
+    await w.fs.setattr(ino, size=4)
+    assert w.backend.get_range("t", 0, 100) == b"0123"
+    await w.fs.setattr(ino, size=6)
+    assert w.backend.get_range("t", 0, 100) == b"0123\0\0"
+
+
+async def test_symlink_roundtrip(w: WHarness) -> None:
+    node = await w.fs.symlink(ROOT_INO, "ln", "target/path", 0, 0)
+    assert node.attrs.is_symlink
+    assert w.backend.get_range("ln", 0, 100) == b"target/path"
+    assert stat.S_ISLNK(posixmeta.decode(w.backend.head("ln").metadata).mode or 0)
+    assert await w.fs.readlink(node.ino) == "target/path"
+
+
+async def test_created_file_is_listed_before_its_upload(w: WHarness) -> None:
+    fh, _ = await w.create("n1", b"data")
+    w.fs.listings.clear()
+    listing = await w.fs.listing("")
+    assert "n1" in listing.by_name
+    await w.fs.release(fh)
