@@ -96,7 +96,7 @@ async def test_large_files_use_parallel_multipart(w: WHarness) -> None:
 
 
 async def test_failed_upload_is_an_error_keeps_data_and_is_pending(w: WHarness) -> None:
-    fh, ino = await w.create("doomed", b"precious")
+    fh, _ = await w.create("doomed", b"precious")
     w.faulty.fail("put", Transient("503"), times=100)
     with pytest.raises(BackendError):
         await w.fs.flush(fh)
@@ -130,10 +130,10 @@ async def test_recovery_uploads_over_the_opened_version_or_keeps_a_conflict_copy
         report = await h.fs.recover_pending()
         assert backend.get_range("same", 0, 10) == b"mine"
         assert backend.get_range("changed", 0, 100) == b"someone else's"
-        conflicts = [k for k in backend.keys() if k.startswith("changed.wsfuse-conflict-")]
+        conflicts = [k for k in backend.key_list() if k.startswith("changed.wsfuse-conflict-")]
         assert len(conflicts) == 1
         assert backend.get_range(conflicts[0], 0, 10) == b"mine"
-        assert "unclosed" not in backend.keys()
+        assert "unclosed" not in backend.key_list()
         assert [p["key"] for p in h.fs.pending_uploads()] == ["unclosed"]
         assert any("never closed" in line for line in report)
 
@@ -143,7 +143,7 @@ async def test_unlinked_open_file_stays_readable_and_writable(w: WHarness) -> No
     ino = await w.path_ino("u")
     fh, _ = await w.fs.open(ino, write=False)
     await w.fs.unlink(ROOT_INO, "u")
-    assert "u" not in w.backend.keys()
+    assert "u" not in w.backend.key_list()
     assert bytes(await w.fs.read(fh, MiB, 100)) == ramp("u", MiB, 100)
     with pytest.raises(FsError):
         await w.fs.lookup(ROOT_INO, "u")
@@ -153,7 +153,7 @@ async def test_unlinked_open_file_stays_readable_and_writable(w: WHarness) -> No
 
 async def test_mkdir_rmdir_and_not_empty(w: WHarness) -> None:
     d = await w.fs.mkdir(ROOT_INO, "d", 0o750, 0, 0)
-    assert "d/" in w.backend.keys()
+    assert "d/" in w.backend.key_list()
     assert posixmeta.decode(w.backend.head("d/").metadata).mode == stat.S_IFDIR | 0o750
     w.backend.put("d/sub/deep", b"x")  # an implicit child, made elsewhere
     w.fs.listings.clear()
@@ -162,7 +162,7 @@ async def test_mkdir_rmdir_and_not_empty(w: WHarness) -> None:
     assert err.value.errno == errno.ENOTEMPTY
     w.backend.delete("d/sub/deep")
     await w.fs.rmdir(ROOT_INO, "d")
-    assert "d/" not in w.backend.keys()
+    assert "d/" not in w.backend.key_list()
     with pytest.raises(FsError):
         await w.fs.lookup(ROOT_INO, "d")
     assert ("d", True) not in w.fs.by_path and d.is_dir
@@ -172,13 +172,13 @@ async def test_rename_file_replaces_target_and_moves_directories(w: WHarness) ->
     await w.write_file("a", b"AAA")
     await w.write_file("b", b"BBB")
     await w.fs.rename(ROOT_INO, "a", ROOT_INO, "b", 0)
-    assert w.backend.keys() == ["b"]
+    assert w.backend.key_list() == ["b"]
     assert w.backend.get_range("b", 0, 10) == b"AAA"
     for key in ["dir/x", "dir/sub/y"]:
         w.backend.put(key, key.encode())
     w.fs.listings.clear()
     await w.fs.rename(ROOT_INO, "dir", ROOT_INO, "moved", 0)
-    assert sorted(w.backend.keys()) == ["b", "moved/", "moved/sub/y", "moved/x"]
+    assert sorted(w.backend.key_list()) == ["b", "moved/", "moved/sub/y", "moved/x"]
     assert await w.read_all("moved/sub/y") == b"dir/sub/y"
     with pytest.raises(FsError) as err:
         await w.fs.rename(ROOT_INO, "b", ROOT_INO, "moved", 0)

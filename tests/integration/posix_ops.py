@@ -557,7 +557,7 @@ class Differential:
         # Where the file is now, found before the reference fd goes (by inode: no hard links).
         rel = self._current_path(h)
         a, b = self.on_handles(h, os.close)
-        self.agree(f"close {h.path!r} ({h.flags})", a, b)
+        self.agree("result", a, b)
         if isinstance(a, Ok) and h.writable:
             self.check_synced(h, "close", rel)
 

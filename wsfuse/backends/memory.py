@@ -279,6 +279,6 @@ class MemoryBackend(Backend):
 
     # ------------------------------------------------------------------ test helpers
 
-    def keys(self) -> builtins.list[str]:
+    def key_list(self) -> builtins.list[str]:
         with self._lock:
             return list(self._keys)
