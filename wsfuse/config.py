@@ -42,6 +42,11 @@ class MountConfig:
     # Concurrent backend requests (and HTTP connections): 16 ranged GETs for prefetch plus
     # headroom for lookups and listings.
     backend_concurrency: int = 32
+    # S3 listings carry no user metadata (modes, owners, mtimes, symlinks). A listed directory
+    # with at most this many entries gets one HEAD per entry (16 at a time) so that `ls -l`,
+    # `cp -a`, `rsync -a` and `tar` see them; larger directories (datasets) skip that cost and
+    # show the mount's defaults until an entry is looked up on its own. 0 = never.
+    metadata_heads_max: int = 1000
     uid: int = os.getuid()
     gid: int = os.getgid()
     file_mode: int = 0o644

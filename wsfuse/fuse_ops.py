@@ -51,6 +51,8 @@ def errno_for(exc: BaseException) -> int | None:
     for cls, code in ERRNO_TABLE:
         if isinstance(exc, cls):
             return code
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno  # local disk: ENOSPC from a full cache disk reaches the writer as is
     return None
 
 

@@ -389,9 +389,7 @@ class GCSBackend(Backend):
         )
         # Multipart temporaries are not objects of the bucket, as on S3.
         return ListPage(
-            objects=[
-                _info(b, with_metadata=False) for b in blobs if not b.name.startswith(UPLOAD_PREFIX)
-            ],
+            objects=[_info(b) for b in blobs if not b.name.startswith(UPLOAD_PREFIX)],
             prefixes=[p for p in prefixes if not p.startswith(UPLOAD_PREFIX)],
             next_token=next_token,
         )

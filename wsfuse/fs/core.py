@@ -28,6 +28,7 @@ from wsfuse.cache import BlockCache, MetadataIndex
 from wsfuse.config import MountConfig
 from wsfuse.errors import NotFound, WsfuseError
 from wsfuse.fs import posixmeta
+from wsfuse.fs.attrstore import DIR_VERSION, AttrStore
 from wsfuse.fs.mutations import Mutations
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
@@ -109,6 +110,7 @@ class Filesystem(Mutations):
         self.index = index
         self.clock = clock
         self.fetcher = BlockFetcher(self.backend, cache, config, nursery)
+        self.attr_store = AttrStore(index)
         now = clock()
         self.inodes: dict[int, Inode] = {ROOT_INO: Inode(ROOT_INO, "", True, mtime=now)}
         self.by_path: dict[tuple[str, bool], int] = {("", True): ROOT_INO}
@@ -136,11 +138,20 @@ class Filesystem(Mutations):
             self.by_path[(path, is_dir)] = ino
             self.inodes[ino] = Inode(ino, path, is_dir, mtime=self.mount_time)
         node = self.inodes[ino]
+        if node.staging is None:
+            known = self.attr_store.get(
+                path, DIR_VERSION if is_dir else (entry.etag if entry else node.etag)
+            )
+            if known is not None:
+                node.attrs = known
+                if known.mtime is not None and not is_dir:
+                    node.mtime = known.mtime
         if entry is not None and not is_dir and node.staging is None:
             if entry.etag not in (node.etag, node.cache_etag):
                 # another version: what we knew from its metadata no longer holds
                 node.attrs, node.cache_etag, node.symlink_target = PosixAttrs(), None, None
-            node.size, node.etag, node.mtime = entry.size, entry.etag, entry.mtime
+            node.size, node.etag = entry.size, entry.etag
+            node.mtime = node.attrs.mtime if node.attrs.mtime is not None else entry.mtime
         node.validated_at = validated_at
         return node
 
@@ -226,6 +237,7 @@ class Filesystem(Mutations):
         """POSIX attributes from a HEAD's user metadata (s3fs conventions)."""
         if info.metadata is not None:
             node.attrs = posixmeta.decode(info.metadata)
+            self.attr_store.put(node.path, info.etag, node.attrs)
             if node.attrs.mtime is not None:
                 node.mtime = node.attrs.mtime
 
@@ -275,6 +287,7 @@ class Filesystem(Mutations):
                 break
             token = page.next_token
         listing = Listing.build(path, pages, fetched_at, extra=self.local_entries(path))
+        await self._learn_attributes(path, pages, listing)
         if listing.hidden:
             self.hidden_keys += listing.hidden
             log.info(
@@ -291,6 +304,42 @@ class Filesystem(Mutations):
                 self._remember(child_path(path, entry.name), entry.is_dir, entry, fetched_at)
             self.negative.pop(child_path(path, entry.name), None)
         return listing
+
+    async def _learn_attributes(self, path: str, pages: list[ListPage], listing: Listing) -> None:
+        """POSIX attributes of the listed entries: from the listing where the store includes
+        metadata (GCS), else by HEADs, but only for directories small enough that the HEADs
+        cost less than the `ls -l` they make right (S3 lists no metadata)."""
+        learned: list[tuple[str, str, PosixAttrs]] = []
+        unknown: list[Entry] = []
+        with_meta = {o.key: o for p in pages for o in p.objects if o.metadata is not None}
+        for entry in listing.entries:
+            child = child_path(path, entry.name)
+            version = DIR_VERSION if entry.is_dir else entry.etag
+            if self.attr_store.get(child, version) is not None:
+                continue
+            info = with_meta.get(dir_prefix(child) if entry.is_dir else child)
+            if info is not None:
+                learned.append((child, version, posixmeta.decode(info.metadata)))
+            else:
+                unknown.append(entry)
+        if unknown and len(listing.entries) <= self.config.metadata_heads_max:
+            limiter = trio.CapacityLimiter(16)
+
+            async def head(entry: Entry) -> None:
+                child = child_path(path, entry.name)
+                async with limiter:
+                    try:
+                        info = await self.backend.head(dir_prefix(child) if entry.is_dir else child)
+                    except NotFound:
+                        return
+                if entry.is_dir or info.etag == entry.etag:
+                    version = DIR_VERSION if entry.is_dir else info.etag
+                    learned.append((child, version, posixmeta.decode(info.metadata)))
+
+            async with trio.open_nursery() as nursery:
+                for entry in unknown:
+                    nursery.start_soon(head, entry)
+        self.attr_store.put_many(learned)
 
     def opendir(self, ino: int) -> int:
         if not self.inode(ino).is_dir:

@@ -25,6 +25,7 @@ import trio
 from wsfuse.backends.base import ObjectInfo
 from wsfuse.errors import NotFound
 from wsfuse.fs import posixmeta
+from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.staging import Staging
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from wsfuse.aio import AsyncBackend
     from wsfuse.cache import BlockCache, MetadataIndex
     from wsfuse.config import MountConfig
+    from wsfuse.fs.attrstore import AttrStore
     from wsfuse.fs.core import DirHandle, FileHandle, Inode
     from wsfuse.fs.reader import BlockFetcher
 
@@ -67,6 +69,7 @@ class Mutations:
         by_path: dict[tuple[str, bool], int]
         listings: dict[str, Listing]
         negative: dict[str, float]
+        attr_store: AttrStore
         _handles: dict[int, FileHandle | DirHandle]
 
         def inode(self, ino: int) -> Inode: ...
@@ -164,6 +167,7 @@ class Mutations:
                 self._forget_pending(node)
         node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
         node.validated_at = self.clock()
+        self.attr_store.put(node.path, info.etag, attrs)
         self._listing_put(
             node,
             Entry(node.path.rpartition("/")[2], False, staging.size, info.etag, attrs.mtime or 0.0),
@@ -383,6 +387,7 @@ class Mutations:
     def _detach(self, node: Inode) -> None:
         """Take `node` out of the namespace; its data lives on in staging while open."""
         self._listing_drop(node.path)
+        self.attr_store.drop(node.path)
         self.by_path.pop((node.path, node.is_dir), None)
         if node.staging is not None:
             node.unlinked = True
@@ -404,6 +409,7 @@ class Mutations:
                 dir_prefix(path), b"", metadata=posixmeta.encode(attrs)
             )
         )
+        self.attr_store.put(path, DIR_VERSION, attrs)
         node = self._remember(path, True, None, self.clock())
         node.attrs = attrs
         self._listing_put(node, Entry(name, True, mtime=self.clock()))
@@ -444,6 +450,7 @@ class Mutations:
         info: ObjectInfo = await self.backend.run_sync(
             lambda: self.backend.backend.put(path, body, metadata=posixmeta.encode(attrs))
         )
+        self.attr_store.put(path, info.etag, attrs)
         node = self._remember(path, False, None, self.clock())
         node.size, node.etag, node.attrs, node.symlink_target = len(body), info.etag, attrs, target
         self._listing_put(node, Entry(name, False, len(body), info.etag, self.clock()))
@@ -516,6 +523,7 @@ class Mutations:
             await self.backend.run_sync(
                 lambda: self.backend.backend.put(key, b"", metadata=posixmeta.encode(full))
             )
+            self.attr_store.put(node.path, DIR_VERSION, full)
             return
         try:
             info = await self.backend.run_sync(
@@ -526,6 +534,7 @@ class Mutations:
         node.cache_etag = node.cache_etag or node.etag
         node.etag = info.etag
         node.opened_etag = None
+        self.attr_store.put(node.path, info.etag, attrs)
 
     async def rename(
         self, old_parent: int, old_name: str, new_parent: int, new_name: str, flags: int
@@ -628,8 +637,11 @@ class Mutations:
         for other in list(self.inodes.values()):
             if other.path == old_path or (node.is_dir and other.path.startswith(old_prefix)):
                 self.by_path.pop((other.path, other.is_dir), None)
+                self.attr_store.drop(other.path)
                 other.path = new_path + other.path[len(old_path) :]
                 self.by_path[(other.path, other.is_dir)] = other.ino
+                version = DIR_VERSION if other.is_dir else other.etag
+                self.attr_store.put(other.path, version, other.attrs)
                 if other.staging is not None:
                     self._record_pending(other, "open")
         from wsfuse.fs.core import FileHandle  # noqa: PLC0415
