@@ -114,7 +114,7 @@ class Operations(pyfuse3.Operations):
         a.st_rdev = 0
         a.st_blksize = cfg.block_size
         a.st_blocks = -(-a.st_size // 512)
-        ns = int(node.mtime * 1e9)
+        ns = int((attrs.mtime if attrs.mtime is not None else node.mtime) * 1e9)
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = ns
         return a
 
