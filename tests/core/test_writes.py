@@ -65,7 +65,10 @@ async def test_close_puts_the_object_with_posix_metadata(w: WHarness) -> None:
     attrs = posixmeta.decode(info.metadata)
     assert attrs.mode == stat.S_IFREG | 0o644
     assert (attrs.uid, attrs.gid) == (1000, 1000)
-    assert attrs.mtime is not None
+    assert attrs.mtime is None  # not set explicitly: Last-Modified is the mtime
+    node = await w.fs.setattr(await w.path_ino("f.txt"), mtime=1_600_000_000.5)
+    assert posixmeta.decode(w.backend.head("f.txt").metadata).mtime == 1_600_000_000.5
+    assert node.mtime == 1_600_000_000.5
 
 
 async def test_flush_uploads_only_when_changed(w: WHarness) -> None:

@@ -122,7 +122,8 @@ class Mutations:
         n = node.staging.pwrite(data, offset)
         node.size = node.staging.size
         node.mtime = self.clock()
-        node.attrs = PosixAttrs(node.attrs.mode, node.attrs.uid, node.attrs.gid, node.mtime)
+        if node.attrs.mtime is not None:  # an mtime set by utimens no longer holds
+            node.attrs = PosixAttrs(node.attrs.mode, node.attrs.uid, node.attrs.gid, None)
         return n
 
     async def flush(self, fh: int) -> None:
@@ -147,7 +148,9 @@ class Mutations:
             else stat.S_IFREG | self.config.file_mode,
             node.attrs.uid if node.attrs.uid is not None else self.config.uid,
             node.attrs.gid if node.attrs.gid is not None else self.config.gid,
-            node.attrs.mtime if node.attrs.mtime is not None else self.clock(),
+            # Only an mtime set explicitly (utimens: tar, rsync, cp -p) is stored; otherwise the
+            # object's Last-Modified, the time the upload completed, is the truth.
+            node.attrs.mtime,
         )
         try:
             info = await upload_file(
@@ -166,11 +169,12 @@ class Mutations:
             if staging.version == version:  # no write arrived while uploading
                 self._forget_pending(node)
         node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
+        node.mtime = attrs.mtime if attrs.mtime is not None else info.mtime
         node.validated_at = self.clock()
         self.attr_store.put(node.path, info.etag, attrs)
         self._listing_put(
             node,
-            Entry(node.path.rpartition("/")[2], False, staging.size, info.etag, attrs.mtime or 0.0),
+            Entry(node.path.rpartition("/")[2], False, staging.size, info.etag, attrs.mtime or info.mtime),
         )
 
     async def finish_staging(self, node: Inode) -> None:
@@ -363,7 +367,7 @@ class Mutations:
             raise _fs_error(errno.EISDIR)
         path = child_path(parent.path, name)
         node = existing or self._remember(path, False, None, self.clock())
-        node.attrs = PosixAttrs(stat.S_IFREG | (mode & 0o7777), uid, gid, self.clock())
+        node.attrs = PosixAttrs(stat.S_IFREG | (mode & 0o7777), uid, gid, None)
         node.mtime = self.clock()
         await self.start_writing(node, truncate=True)
         self._listing_put(node, Entry(name, False, 0, node.etag, node.mtime))
@@ -498,7 +502,8 @@ class Mutations:
             node.staging.truncate(size)
             node.size = size
             if mtime is None:
-                new = PosixAttrs(new.mode, new.uid, new.gid, self.clock())
+                new = PosixAttrs(new.mode, new.uid, new.gid, None)
+                node.mtime = self.clock()
         node.attrs = new
         if new.mtime is not None:
             node.mtime = new.mtime
