@@ -222,3 +222,44 @@ async def test_created_file_is_listed_before_its_upload(w: WHarness) -> None:
     listing = await w.fs.listing("")
     assert "n1" in listing.by_name
     await w.fs.release(fh)
+
+
+async def test_sequential_writer_streams_parts_before_close(w: WHarness) -> None:
+    size = 40 * MiB + 5
+    fh, _ = await w.create("ckpt")
+    for off in range(0, size, MiB):
+        await w.fs.write(fh, off, ramp("ckpt", off, min(MiB, size - off)))
+    await trio.sleep(0.2)  # let the part uploads run
+    streamed = w.backend.counts["upload_part"]
+    assert streamed >= 4  # full 8 MiB parts went out while writing
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert w.backend.counts["upload_part"] == streamed + 1  # only the tail at close
+    assert w.backend.get_range("ckpt", 0, size) == ramp("ckpt", 0, size)
+    assert w.backend.list_multipart("") == []
+
+
+async def test_overwriting_a_streamed_part_falls_back_to_a_whole_upload(w: WHarness) -> None:
+    size = 30 * MiB
+    fh, _ = await w.create("rw")
+    for off in range(0, size, MiB):
+        await w.fs.write(fh, off, ramp("rw", off, MiB))
+    await trio.sleep(0.2)
+    await w.fs.write(fh, 100, b"PATCHED")  # inside part 1, already sent
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    expected = bytearray(ramp("rw", 0, size))
+    expected[100:107] = b"PATCHED"
+    assert w.backend.get_range("rw", 0, size) == bytes(expected)
+    assert w.backend.list_multipart("") == []  # the streamed upload was aborted
+
+
+async def test_unlinking_a_file_being_streamed_aborts_its_upload(w: WHarness) -> None:
+    fh, _ = await w.create("gone")
+    for off in range(0, 20 * MiB, MiB):
+        await w.fs.write(fh, off, b"x" * MiB)
+    await trio.sleep(0.2)
+    await w.fs.unlink(ROOT_INO, "gone")
+    await w.fs.release(fh)
+    assert w.backend.list_multipart("") == []
+    assert "gone" not in w.backend.key_list()

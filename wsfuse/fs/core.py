@@ -34,6 +34,7 @@ from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_na
 from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.reader import BlockFetcher, PinnedObject, Reader
 from wsfuse.fs.staging import Staging
+from wsfuse.fs.streaming import StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Inode:
     cache_etag: str | None = None
     symlink_target: str | None = None
     staging: Staging | None = None  # GUARDED_BY: trio thread; set while written locally
+    stream: StreamingUpload | None = None  # parts of a sequential writer already uploading
     open_handles: int = 0
     unlinked: bool = False  # removed from the namespace while open: data lives in staging
 
@@ -173,6 +175,11 @@ class Filesystem(Mutations):
         if not valid_name(name):
             raise FsError(errno.ENAMETOOLONG if len(name.encode()) > 255 else errno.ENOENT)
         path = child_path(parent.path, name)
+        local = self.by_path.get((path, False))
+        if local is not None and self.inodes[local].staging is not None:
+            node = self.inodes[local]  # written here, maybe not uploaded yet: ours is the truth
+            node.lookups += 1
+            return node
         listing = self._fresh_listing(parent.path)
         if listing is not None:
             entry = listing.by_name.get(name)

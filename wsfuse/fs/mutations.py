@@ -29,7 +29,8 @@ from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.staging import Staging
-from wsfuse.fs.upload import upload_file
+from wsfuse.fs.streaming import StreamingUpload
+from wsfuse.fs.upload import MULTIPART_THRESHOLD, upload_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -119,12 +120,49 @@ class Mutations:
             raise _fs_error(errno.EBADF)
         node = self.inode(handle.ino)
         assert node.staging is not None
-        n = node.staging.pwrite(data, offset)
-        node.size = node.staging.size
+        staging = node.staging
+        before = staging.size
+        if node.stream is not None:
+            node.stream.overwrote(offset)
+        n = staging.pwrite(data, offset)
+        node.size = staging.size
+        if node.stream is None and offset == before and staging.size >= MULTIPART_THRESHOLD:
+            node.stream = self._start_stream(node)
+        if node.stream is not None:
+            node.stream.feed(staging.size)
         node.mtime = self.clock()
         if node.attrs.mtime is not None:  # an mtime set by utimens no longer holds
             node.attrs = PosixAttrs(node.attrs.mode, node.attrs.uid, node.attrs.gid, None)
         return n
+
+    def _upload_attrs(self, node: Inode) -> PosixAttrs:
+        a = node.attrs
+        return PosixAttrs(
+            a.mode if a.mode is not None else stat.S_IFREG | self.config.file_mode,
+            a.uid if a.uid is not None else self.config.uid,
+            a.gid if a.gid is not None else self.config.gid,
+            # Only an mtime set explicitly (utimens: tar, rsync, cp -p) is stored; otherwise the
+            # object's Last-Modified, the time the upload completed, is the truth.
+            a.mtime,
+        )
+
+    def _start_stream(self, node: Inode) -> StreamingUpload | None:
+        """A sequential writer passed the multipart threshold: start sending its parts now."""
+        if node.unlinked or node.staging is None:
+            return None
+        return StreamingUpload(
+            self.backend,
+            node.path,
+            node.staging.fd,
+            posixmeta.encode(self._upload_attrs(node)),
+            self.fetcher.nursery,
+            on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
+        )
+
+    async def _drop_stream(self, node: Inode) -> None:
+        stream, node.stream = node.stream, None
+        if stream is not None:
+            await stream.abort()
 
     async def flush(self, fh: int) -> None:
         """close(): upload if this inode changed since its last upload (dup'ed and forked
@@ -142,25 +180,30 @@ class Mutations:
         if staging is None or not staging.dirty or node.unlinked:
             return
         version = staging.version
-        attrs = PosixAttrs(
-            node.attrs.mode
-            if node.attrs.mode is not None
-            else stat.S_IFREG | self.config.file_mode,
-            node.attrs.uid if node.attrs.uid is not None else self.config.uid,
-            node.attrs.gid if node.attrs.gid is not None else self.config.gid,
-            # Only an mtime set explicitly (utimens: tar, rsync, cp -p) is stored; otherwise the
-            # object's Last-Modified, the time the upload completed, is the truth.
-            node.attrs.mtime,
-        )
+        attrs = self._upload_attrs(node)
+        info: ObjectInfo | None = None
+        stream, node.stream = node.stream, None
+        if stream is not None:
+            if stream.broken or stream.metadata != posixmeta.encode(attrs):
+                await stream.abort()
+            else:
+                try:
+                    info = await stream.finish(staging.size)
+                except Exception as exc:
+                    log.info(
+                        "streamed upload of %r failed (%s); uploading it whole", node.path, exc
+                    )
+                    await stream.abort()
         try:
-            info = await upload_file(
-                self.backend,
-                node.path,
-                staging.fd,
-                staging.size,
-                posixmeta.encode(attrs),
-                on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
-            )
+            if info is None:
+                info = await upload_file(
+                    self.backend,
+                    node.path,
+                    staging.fd,
+                    staging.size,
+                    posixmeta.encode(attrs),
+                    on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
+                )
         except Exception:
             self._record_pending(node, "failed", closed=True)
             raise
@@ -174,13 +217,21 @@ class Mutations:
         self.attr_store.put(node.path, info.etag, attrs)
         self._listing_put(
             node,
-            Entry(node.path.rpartition("/")[2], False, staging.size, info.etag, attrs.mtime or info.mtime),
+            Entry(
+                node.path.rpartition("/")[2],
+                False,
+                staging.size,
+                info.etag,
+                attrs.mtime or info.mtime,
+            ),
         )
 
     async def finish_staging(self, node: Inode) -> None:
         """The last handle is closed: a clean staging file becomes cache blocks of the uploaded
         version (no re-download to read it back) and goes away; a dirty one stays pending."""
         staging = node.staging
+        if node.unlinked:
+            await self._drop_stream(node)
         if staging is None or (staging.dirty and not node.unlinked):
             return
         node.staging = None
@@ -384,12 +435,15 @@ class Mutations:
         if node.open_handles and node.staging is None:
             # Open handles must keep reading (and writing) after the name is gone.
             await self.start_writing(node, truncate=False)
+        await self._drop_stream(node)
         if node.etag or node.staging is None:
             await self.backend.run_sync(lambda: self.backend.backend.delete(node.path))
         self._detach(node)
 
     def _detach(self, node: Inode) -> None:
         """Take `node` out of the namespace; its data lives on in staging while open."""
+        if node.stream is not None:
+            node.stream.broken = True  # its upload is aborted when the stream is next used
         self._listing_drop(node.path)
         self.attr_store.drop(node.path)
         self.by_path.pop((node.path, node.is_dir), None)
@@ -499,6 +553,7 @@ class Mutations:
             if node.staging is None:
                 await self.start_writing(node, truncate=False)
             assert node.staging is not None
+            await self._drop_stream(node)
             node.staging.truncate(size)
             node.size = size
             if mtime is None:
