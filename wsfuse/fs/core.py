@@ -225,7 +225,7 @@ class Filesystem(Mutations):
 
     async def getattr(self, ino: int) -> Inode:
         node = self.inode(ino)
-        if not node.is_dir and not self._fresh(node.validated_at):
+        if not node.is_dir and node.staging is None and not self._fresh(node.validated_at):
             await self._revalidate(node)
         return node
 
