@@ -140,20 +140,19 @@ class Filesystem(Mutations):
             self.by_path[(path, is_dir)] = ino
             self.inodes[ino] = Inode(ino, path, is_dir, mtime=self.mount_time)
         node = self.inodes[ino]
-        if node.staging is None:
-            known = self.attr_store.get(
-                path, DIR_VERSION if is_dir else (entry.etag if entry else node.etag)
-            )
-            if known is not None:
-                node.attrs = known
-                if known.mtime is not None and not is_dir:
-                    node.mtime = known.mtime
-        if entry is not None and not is_dir and node.staging is None:
+        if node.staging is not None:  # written here: ours is the truth until uploaded
+            node.validated_at = validated_at
+            return node
+        if entry is not None and not is_dir:
             if entry.etag not in (node.etag, node.cache_etag):
                 # another version: what we knew from its metadata no longer holds
                 node.attrs, node.cache_etag, node.symlink_target = PosixAttrs(), None, None
-            node.size, node.etag = entry.size, entry.etag
-            node.mtime = node.attrs.mtime if node.attrs.mtime is not None else entry.mtime
+            node.size, node.etag, node.mtime = entry.size, entry.etag, entry.mtime
+        known = self.attr_store.get(path, DIR_VERSION if is_dir else node.etag)
+        if known is not None:
+            node.attrs = known
+        if node.attrs.mtime is not None and not is_dir:
+            node.mtime = node.attrs.mtime
         node.validated_at = validated_at
         return node
 
