@@ -56,9 +56,22 @@ def errno_for(exc: BaseException) -> int | None:
     return None
 
 
+def _brief(args: tuple[Any, ...]) -> str:
+    """Handler arguments for the debug log: never a whole data buffer."""
+    return (
+        "("
+        + ", ".join(
+            f"<{len(a)} bytes>" if isinstance(a, bytes) and len(a) > 64 else repr(a) for a in args
+        )
+        + ")"
+    )
+
+
 def _boundary(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s%s", fn.__name__, _brief(args[1:4]))
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:

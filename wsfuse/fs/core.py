@@ -422,7 +422,13 @@ class Filesystem(Mutations):
         if node is None:
             return
         node.open_handles -= 1
-        if handle.writable and node.staging is not None and node.staging.dirty:
+        staging = node.staging
+        if (
+            handle.writable
+            and staging is not None
+            and staging.dirty
+            and staging.version != staging.failed_version
+        ):
             # mmap writes can arrive after close(); RELEASE's error is lost, so a failure here
             # only leaves the data pending.
             try:

@@ -167,7 +167,10 @@ class Mutations:
     async def flush(self, fh: int) -> None:
         """close(): upload if this inode changed since its last upload (dup'ed and forked
         descriptors flush many times; only the first one with changes uploads)."""
-        node = self.inode(self.file_handle(fh).ino)
+        handle = self.file_handle(fh)
+        if not handle.writable:
+            return  # closing a reader publishes nobody's writes (nor retries a failed upload)
+        node = self.inode(handle.ino)
         if node.staging is not None and node.staging.dirty:
             await self.upload(node)
 
@@ -179,7 +182,12 @@ class Mutations:
         staging = node.staging
         if staging is None or not staging.dirty or node.unlinked:
             return
+        if staging.write_error is not None:
+            self._record_pending(node, "incomplete")
+            await self._drop_stream(node)
+            raise OSError(staging.write_error, f"a write to {node.path!r} failed; not uploaded")
         version = staging.version
+        log.debug("uploading %r: %d bytes, version %d", node.path, staging.size, version)
         attrs = self._upload_attrs(node)
         info: ObjectInfo | None = None
         stream, node.stream = node.stream, None
@@ -205,6 +213,7 @@ class Mutations:
                     on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
                 )
         except Exception:
+            staging.failed_version = version
             self._record_pending(node, "failed", closed=True)
             raise
         if node.staging is staging:
@@ -232,6 +241,24 @@ class Mutations:
         staging = node.staging
         if node.unlinked:
             await self._drop_stream(node)
+        if staging is not None and staging.write_error is not None:
+            # The writer was told its write failed (a full disk): the partial bytes are not a
+            # file anybody meant; free the disk instead of keeping them.
+            log.warning(
+                "discarding the partial write of %r: %s",
+                node.path,
+                os.strerror(staging.write_error),
+            )
+            await self._drop_stream(node)
+            node.staging = None
+            staging.close(remove=True)
+            self._forget_pending(node)
+            if node.etag:
+                node.validated_at = 0.0  # back to the bucket's version, whatever its size
+            else:  # created here and never uploaded: it never existed in the bucket
+                self._listing_drop(node.path)
+                self.by_path.pop((node.path, False), None)
+            return
         if staging is None or (staging.dirty and not node.unlinked):
             return
         node.staging = None
@@ -268,7 +295,12 @@ class Mutations:
             record["base_etag"] = prev.get("base_etag")
             if "upload_id" not in record and prev.get("upload_id"):
                 record["upload_id"] = prev["upload_id"]
-        self.index.put_many(PENDING_DB, [(_pending_key(node.path), json.dumps(record).encode())])
+        try:
+            self.index.put_many(
+                PENDING_DB, [(_pending_key(node.path), json.dumps(record).encode())]
+            )
+        except Exception as exc:  # a full disk: the staged file itself still holds the data
+            log.error("could not record pending upload of %r: %s", node.path, exc)  # noqa: TRY400
 
     def _forget_pending(self, node: Inode) -> None:
         if self.index is not None:

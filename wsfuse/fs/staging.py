@@ -25,6 +25,12 @@ class Staging:
         # INVARIANT: version == uploaded_version  <=>  the bucket holds exactly these bytes.
         self.version = 0
         self.uploaded_version = 0
+        # The version whose upload failed (close/fsync got EIO): RELEASE must not retry it
+        # behind the caller's back; it stays pending for recovery.
+        self.failed_version = -1
+        # A write that failed (ENOSPC on a full cache disk): the staged bytes are not what the
+        # writer meant, so they are never uploaded; close() reports the error.
+        self.write_error: int | None = None
 
     @property
     def dirty(self) -> bool:
@@ -34,7 +40,11 @@ class Staging:
         self.version += 1
 
     def pwrite(self, data: bytes, offset: int) -> int:
-        n = os.pwrite(self.fd, data, offset)
+        try:
+            n = os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            self.write_error = exc.errno
+            raise
         self.size = max(self.size, offset + n)
         self.touch()
         return n
