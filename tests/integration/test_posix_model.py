@@ -14,16 +14,21 @@ the mount (and that directory read as the bucket), so both sides are local and e
 agree; `WSFUSE_MODEL_SELFTEST=1` turns every variant into a self-test. `test_harness_*` prove the
 harness does catch divergences.
 
-Mount variants:
-- `mount-ttl0` (`--metadata-ttl 0`): close-to-open; every lookup revalidates at the bucket, so a
-  step sees what the store really holds (a key left behind or missing shows at once).
-- `mount-ttl60` (the default TTL): listings and attributes come from wsfuse's caches and the
-  kernel's, so a single writer must see its own changes without any help from the store (a
-  stale listing or attribute after rename/unlink shows here).
+Mount variants (why two TTLs):
+- `mount-ttl60` (the default `--metadata-ttl`): listings and attributes come from wsfuse's
+  caches and the kernel's, so a single writer must see its own changes with no help from the
+  store (a stale listing, size or negative entry after rename/unlink/truncate shows here).
+  Cheap per step (~10 ms), so it gets the random walk too.
+- `mount-ttl0` (close-to-open): every lookup revalidates at the bucket, so each step sees what
+  the store really holds (a key left behind or missing shows at once); a step costs several
+  times more (~70 ms), so it gets fewer, shorter examples.
 
-Knobs: WSFUSE_MODEL_EXAMPLES (Hypothesis examples, default 12), WSFUSE_MODEL_STEPS (ops per
-example, default 30), WSFUSE_MODEL_WALK_OPS / WSFUSE_MODEL_WALK_SECONDS (the random walk: ops
-and time bound, default 3000 ops / 40 s), WSFUSE_MODEL_SEED (the walk's seed, default 1).
+Knobs: WSFUSE_MODEL_SCALE multiplies the number of Hypothesis examples (default 1: 50 examples
+of 13-40 ops; 20 of 10-30 on mount-ttl0), WSFUSE_MODEL_WALK_OPS / WSFUSE_MODEL_WALK_SECONDS
+bound the random walk (default 3000 ops / 40 s), WSFUSE_MODEL_SEED is its seed (default 1),
+WSFUSE_MODEL_SHRINK_SECONDS bounds the shrinking of a failed walk (default 60 s).
+Reproduce a Hypothesis failure from the printed blob with `@reproduce_failure`, or just rerun:
+the example database replays it first.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -43,8 +47,10 @@ from hypothesis import strategies as st
 
 from tests.integration.conftest import FUSE_AVAILABLE
 from tests.integration.posix_ops import (
+    CHECKPOINT,
     CHOICES,
     OPS,
+    PATHS,
     WEIGHTED_KINDS,
     Differential,
     DirStore,
@@ -53,16 +59,21 @@ from tests.integration.posix_ops import (
     S3Store,
     Store,
     diff_signatures,
+    is_handle_op,
     random_op,
+    run_ops,
+    shrink,
     signature,
 )
 
 SELFTEST = os.environ.get("WSFUSE_MODEL_SELFTEST") == "1"
-EXAMPLES = int(os.environ.get("WSFUSE_MODEL_EXAMPLES", "12"))
-STEPS = int(os.environ.get("WSFUSE_MODEL_STEPS", "30"))
+SCALE = float(os.environ.get("WSFUSE_MODEL_SCALE", "1"))
+# (examples, max ops per example) by variant; examples are scaled by WSFUSE_MODEL_SCALE.
+BUDGET = {"selftest": (50, 40), "mount-ttl60": (50, 40), "mount-ttl0": (20, 30)}
 WALK_OPS = int(os.environ.get("WSFUSE_MODEL_WALK_OPS", "3000"))
 WALK_SECONDS = float(os.environ.get("WSFUSE_MODEL_WALK_SECONDS", "40"))
 WALK_SEED = int(os.environ.get("WSFUSE_MODEL_SEED", "1"))
+SHRINK_SECONDS = float(os.environ.get("WSFUSE_MODEL_SHRINK_SECONDS", "60"))
 
 
 def _op(kind: str) -> st.SearchStrategy[Op]:
@@ -84,7 +95,9 @@ class Target:
     remount: Callable[[], Path]
 
 
-@pytest.fixture(params=["selftest", "mount-ttl0", "mount-ttl60"])
+@pytest.fixture(
+    params=["selftest", pytest.param("mount-ttl0", marks=pytest.mark.slow), "mount-ttl60"]
+)
 def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
     kind = "selftest" if SELFTEST else request.param
     if kind == "selftest":
@@ -123,9 +136,7 @@ def _check_remount(target: Target, ref: Path, cases: list[str]) -> None:
     fresh = target.remount()
     for name in cases:
         sig_a, sig_b = signature(fresh / name), signature(ref / name)
-        assert sig_a == sig_b, f"{name} after remount:\n" + "\n".join(
-            diff_signatures(sig_a, sig_b)
-        )
+        assert sig_a == sig_b, f"{name} after remount:\n" + "\n".join(diff_signatures(sig_a, sig_b))
 
 
 def test_random_op_sequences_match_local_posix(target: Target, tmp_path: Path) -> None:
@@ -134,54 +145,85 @@ def test_random_op_sequences_match_local_posix(target: Target, tmp_path: Path) -
     counter = itertools.count()
     cases: list[str] = []
 
+    examples, steps_max = BUDGET[target.label]
+
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=max(1, round(examples * SCALE)),
         deadline=None,
         suppress_health_check=list(HealthCheck),
         print_blob=True,
     )
-    @given(ops=st.lists(OP, max_size=STEPS))
+    # at least a third of the maximum: Hypothesis otherwise favours very short lists
+    @given(ops=st.lists(OP, min_size=steps_max // 3, max_size=steps_max))
     def run(ops: list[Op]) -> None:
         name = f"case{next(counter)}"
-        roots = _case_dirs(target, ref, name)
-        with Differential(roots, store=target.store, key_prefix=f"{name}/") as d:
-            for op in ops:
-                d.apply(op)
-            d.close_all()
-            d.check()
-            d.check_store()
+        steps.append(run_ops(_case_dirs(target, ref, name), ops, target.store, f"{name}/"))
         cases.append(name)
 
+    steps: list[int] = []
     run()
+    print(f"{target.label}: {len(steps)} cases, {sum(steps)} steps")
     _check_remount(target, ref, cases)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["selftest", "mount-ttl0"], indirect=True)
+@pytest.mark.parametrize("target", ["selftest", "mount-ttl60"], indirect=True)
 @pytest.mark.parametrize("seed", [WALK_SEED])
 def test_long_random_walk_matches_local_posix(target: Target, tmp_path: Path, seed: int) -> None:
     """One long seeded walk (thousands of ops in self-test mode; on a mount as many as fit in
-    WSFUSE_MODEL_WALK_SECONDS), closing every handle and checking the bucket every 200 ops."""
+    WSFUSE_MODEL_WALK_SECONDS), closing every handle and checking the bucket every 200 ops. On
+    a divergence the ops are replayed on fresh directories and shrunk (delta debugging, for at
+    most WSFUSE_MODEL_SHRINK_SECONDS) to a short sequence that still diverges."""
     ref = tmp_path / "reference"
     ref.mkdir()
     roots = _case_dirs(target, ref, "walk")
     rng = random.Random(seed)
     deadline = time.monotonic() + WALK_SECONDS
-    with Differential(roots, store=target.store, key_prefix="walk/") as d:
-        for i in range(WALK_OPS):
-            if time.monotonic() > deadline:
-                break
-            d.apply(random_op(rng))
-            if i % 200 == 199:
-                d.close_all()
-                d.check_store()
-        d.close_all()
-        d.check()
-        d.check_store()
-        done = d.steps
+    ops: list[Op] = []
+    try:
+        with Differential(roots, store=target.store, key_prefix="walk/") as d:
+            for i in range(WALK_OPS):
+                if time.monotonic() > deadline:
+                    break
+                op = random_op(rng)
+                while not d.handles and is_handle_op(op):
+                    op = random_op(rng)  # a handle op with no handle open would do nothing
+                ops.append(op)
+                d.apply(op)
+                if i % 200 == 199:
+                    ops.append(CHECKPOINT)
+                    d.apply(CHECKPOINT)
+            ops.append(CHECKPOINT)
+            d.apply(CHECKPOINT)
+            done = d.steps
+    except Divergence as exc:
+        raise Divergence(f"{exc}\n\n{_shrunk(target, ref, ops)}") from None
     print(f"random walk (seed {seed}) on {target.label}: {done} ops")
     assert done >= min(WALK_OPS, 100), f"only {done} ops in {WALK_SECONDS}s"
     _check_remount(target, ref, ["walk"])
+
+
+def _shrunk(target: Target, ref: Path, ops: list[Op]) -> str:
+    counter = itertools.count()
+    last = [""]  # the divergence of the last failing candidate: the one `shrink` returns
+
+    def fails(candidate: list[Op]) -> bool:
+        name = f"shrink{next(counter)}"
+        try:
+            run_ops(_case_dirs(target, ref, name), candidate, target.store, f"{name}/")
+        except Divergence as exc:
+            last[0] = str(exc).split("\n  after ")[0]
+            return True
+        return False
+
+    if not fails(ops):
+        return f"the {len(ops)} ops do not diverge again on fresh directories (not shrunk)"
+    small = shrink(ops, fails, time.monotonic() + SHRINK_SECONDS)
+    listing = "\n".join(f"    {op!r}" for op in small)
+    return (
+        f"shrunk from {len(ops)} to {len(small)} ops that diverge on fresh directories "
+        f"({next(counter)} replays):\n{listing}\n  which gives: {last[0]}"
+    )
 
 
 # ------------------------------------------------------------------ the harness catches bugs
@@ -189,7 +231,7 @@ def test_long_random_walk_matches_local_posix(target: Target, tmp_path: Path, se
 
 def _pair(tmp_path: Path) -> tuple[Path, Path]:
     a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir()
+    a.mkdir(parents=True)
     b.mkdir()
     return a, b
 
@@ -250,14 +292,14 @@ def test_harness_catches_unsynced_and_stray_objects(tmp_path: Path) -> None:
 
 
 def test_harness_selftest_random_walk_agrees(tmp_path: Path) -> None:
-    """Quick, always-on: 1500 random ops on two plain directories agree step by step (the
+    """Quick, always-on: 800 random ops on two plain directories agree step by step (the
     harness has no false positives on the whole op vocabulary), and every kind of op ran with
     both outcomes (success and errno) so none is silently inert."""
     a, b = _pair(tmp_path)
     rng = random.Random(12345)
     seen: dict[str, set[str]] = {}
     with Differential((a, b), store=DirStore(tmp_path), key_prefix="a/") as d:
-        for _ in range(1500):
+        for _ in range(800):
             op = random_op(rng)
             before = len(d.trace)
             d.apply(op)
@@ -267,6 +309,18 @@ def test_harness_selftest_random_walk_agrees(tmp_path: Path) -> None:
         d.close_all()
         d.check_store()
     never_fail = {"close", "fsync", "lseek"}  # on an open fd, with offsets >= 0
-    for kind in OPS:
+    for kind in set(OPS) - {"checkpoint"}:
         want = {"ok"} if kind in never_fail else {"ok", "err"}
         assert seen.get(kind) == want, (kind, seen.get(kind))
+
+
+def test_harness_shrink_finds_the_minimal_failing_ops() -> None:
+    ops = [Op("stat", (p,)) for p in PATHS] * 3
+    culprits = {Op("stat", ("b",)), Op("stat", ("a/b",))}
+
+    def fails(candidate: list[Op]) -> bool:
+        return culprits <= set(candidate)
+
+    small = shrink(ops, fails, time.monotonic() + 30)
+    assert len(small) == 2
+    assert set(small) == culprits

@@ -212,6 +212,13 @@ class Filesystem(Mutations):
         listed = page[0]
         if listed is not None and (listed.objects or listed.prefixes):
             self.negative.pop(path, None)
+            marker = next((o for o in listed.objects if o.key == dir_prefix(path)), None)
+            if marker is not None and self.attr_store.get(path, DIR_VERSION) is None:
+                # an explicit directory: its mode, owner and mtime are in the marker
+                if marker.metadata is None:
+                    with contextlib.suppress(NotFound):
+                        marker = await self.backend.head(dir_prefix(path))
+                self.attr_store.put(path, DIR_VERSION, posixmeta.decode(marker.metadata))
             return self._remember(path, True, None, now)
         info = head[0]
         if info is not None and not info.key.endswith("/"):

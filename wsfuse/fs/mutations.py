@@ -471,6 +471,7 @@ class Mutations:
         if node.etag or node.staging is None:
             await self.backend.run_sync(lambda: self.backend.backend.delete(node.path))
         self._detach(node)
+        await self._keep_parent(node.path)
 
     def _detach(self, node: Inode) -> None:
         """Take `node` out of the namespace; its data lives on in staging while open."""
@@ -527,6 +528,31 @@ class Mutations:
         self.listings.pop(node.path, None)
         self._drop_persisted_listing(node.path)
         self._detach(node)
+        await self._keep_parent(node.path)
+
+    async def _keep_parent(self, path: str) -> None:
+        """After `path` left its directory: an implicit directory whose last key that was would
+        vanish from the bucket, but POSIX (and `make clean`) expect it to stay. Give it a marker."""
+        parent = path.rpartition("/")[0]
+        if not parent:
+            return
+        listing = self.listings.get(parent)
+        if listing is not None and listing.entries:
+            return
+        page = await self.backend.list(dir_prefix(parent))
+        if page.objects or page.prefixes:
+            return
+        node_ino = self.by_path.get((parent, True))
+        attrs = self.inodes[node_ino].attrs if node_ino is not None else PosixAttrs()
+        if attrs.mode is None:
+            attrs = PosixAttrs(
+                stat.S_IFDIR | self.config.dir_mode, attrs.uid, attrs.gid, attrs.mtime
+            )
+        meta = posixmeta.encode(attrs)
+        await self.backend.run_sync(
+            lambda: self.backend.backend.put(dir_prefix(parent), b"", metadata=meta)
+        )
+        self.attr_store.put(parent, DIR_VERSION, attrs)
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Inode:
         self._writable()
@@ -641,6 +667,7 @@ class Mutations:
         dst = await self._child(new_parent, new_name)
         if dst is src:
             return
+        src_old_path = src.path
         if dst is not None:
             if flags & 1:  # RENAME_NOREPLACE
                 raise _fs_error(errno.EEXIST)
@@ -651,21 +678,28 @@ class Mutations:
             if dst.is_dir and not await self._is_empty_dir(dst.path):
                 raise _fs_error(errno.ENOTEMPTY)
         new_path = child_path(self.inode(new_parent).path, new_name)
-        if src.is_dir:
-            await self._rename_dir(src, new_path)
-        else:
-            await self._rename_file(src, new_path)
+        if src.is_dir and new_path.startswith(dir_prefix(src.path)):
+            raise _fs_error(errno.EINVAL)  # into itself
         if dst is not None:
+            # The replaced entry goes first: its marker must not delete the one we move in.
             if dst.is_dir:
                 await self.backend.run_sync(
                     lambda: self.backend.backend.delete(dir_prefix(dst.path))
                 )
-            dst_node_path = dst.path
-            self.by_path.pop((dst_node_path, dst.is_dir), None)
+                self.listings.pop(dst.path, None)
+                self._drop_persisted_listing(dst.path)
+            self.by_path.pop((dst.path, dst.is_dir), None)
+            self.attr_store.drop(dst.path)
+            dst.unlinked = True  # open handles keep its data; it is no longer in the namespace
+            await self._drop_stream(dst)
             if dst.staging is not None:
-                dst.unlinked = True
                 self._forget_pending(dst)
+        if src.is_dir:
+            await self._rename_dir(src, new_path)
+        else:
+            await self._rename_file(src, new_path)
         self._move_inode(src, new_path)
+        await self._keep_parent(src_old_path)
 
     async def _rename_file(self, src: Inode, new_path: str) -> None:
         if src.staging is not None and (src.staging.dirty or not src.etag):
@@ -713,7 +747,12 @@ class Mutations:
             await self._move_object(key, new_prefix + key[len(old_prefix) :])
             if done % 100 == 0:
                 log.info("renaming %s: %d/%d objects moved", src.path, done, len(keys))
-        for path in [p for p in self.listings if p == src.path or p.startswith(old_prefix)]:
+        stale = [
+            p
+            for p in self.listings
+            if p in (src.path, new_path) or p.startswith((old_prefix, new_prefix))
+        ]
+        for path in stale:
             del self.listings[path]
             self._drop_persisted_listing(path)
 
@@ -727,6 +766,8 @@ class Mutations:
         self._listing_drop(old_path)
         old_prefix = dir_prefix(old_path)
         for other in list(self.inodes.values()):
+            if other.unlinked:
+                continue  # replaced or deleted while open: not part of the namespace
             if other.path == old_path or (node.is_dir and other.path.startswith(old_prefix)):
                 self.by_path.pop((other.path, other.is_dir), None)
                 self.attr_store.drop(other.path)
