@@ -3,6 +3,7 @@ mid-write, a full cache disk. Nothing acknowledged or written may be lost."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -17,8 +18,12 @@ from tests.integration.conftest import Mount, S3Bucket, _is_mounted
 
 
 def status(m: Mount) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "wsfuse", "status", str(m.path), "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "wsfuse", "status", str(m.path), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -28,9 +33,8 @@ def test_refused_upload_fails_close_keeps_data_and_next_mount_uploads_it(
     m = mounter()
     bucket.server.fail_next(1000, status=500, code="InternalError", kind="PUT")
     try:
-        with pytest.raises(OSError) as err:
-            with open(m.path / "report.txt", "wb") as f:
-                f.write(b"results worth keeping")
+        with pytest.raises(OSError) as err, open(m.path / "report.txt", "wb") as f:
+            f.write(b"results worth keeping")
         assert err.value.errno == errno.EIO
     finally:
         bucket.server.clear_faults()
@@ -59,10 +63,8 @@ def test_kill9_mid_write_keeps_closed_files_and_lists_the_unclosed_one(
     f.write(os.urandom(40 << 20))  # past the multipart threshold: parts are streaming
     f.flush()
     m.kill9()
-    try:
+    with contextlib.suppress(OSError):
         f.close()
-    except OSError:
-        pass
     client = bucket.server.client()
     m2 = mounter()
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket.name).get("Contents", [])}
@@ -76,16 +78,17 @@ def test_kill9_mid_write_keeps_closed_files_and_lists_the_unclosed_one(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-def test_full_cache_disk_gives_enospc_not_corruption(bucket: S3Bucket, mounter: Any, tmp_path: Path) -> None:
+def test_full_cache_disk_gives_enospc_not_corruption(
+    bucket: S3Bucket, mounter: Any, tmp_path: Path
+) -> None:
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(small)], check=True)
     try:
         m = mounter("--min-free", "0", cache_dir=small / "cache")
-        with pytest.raises(OSError) as err:
-            with open(m.path / "huge", "wb") as f:
-                for _ in range(64):
-                    f.write(b"z" * (1 << 20))
+        with pytest.raises(OSError) as err, open(m.path / "huge", "wb") as f:
+            for _ in range(64):
+                f.write(b"z" * (1 << 20))
         assert err.value.errno == errno.ENOSPC, m.log()[-3000:]
         (m.path / "small.txt").write_bytes(b"still fine")  # frees nothing, but small fits
         m.stop()
