@@ -55,6 +55,15 @@ class AttrStore:
     def put(self, path: str, version: str, attrs: PosixAttrs) -> None:
         self.put_many([(path, version, attrs)])
 
+    def drop_tree(self, path: str) -> None:
+        """Forget `path` and everything under it (a directory renamed or removed)."""
+        prefix = path + "/"
+        for known in [p for p in self._mem if p == path or p.startswith(prefix)]:
+            del self._mem[known]
+        if self.index is not None:
+            rows = self.index.items(OBJECTS_DB, _key(prefix))
+            self.index.delete_many(OBJECTS_DB, [k for k, _ in rows] + [_key(path)])
+
     def drop(self, path: str) -> None:
         self._mem.pop(path, None)
         if self.index is not None:

@@ -720,6 +720,11 @@ class Mutations:
 
     async def _rename_dir(self, src: Inode, new_path: str) -> None:
         old_prefix, new_prefix = dir_prefix(src.path), dir_prefix(new_path)
+        # Files written under it and not uploaded yet go to the bucket first, so that the
+        # listing below moves them with the rest.
+        for node in list(self.inodes.values()):
+            if node.staging is not None and not node.unlinked and node.path.startswith(old_prefix):
+                await self.upload(node)
         keys: list[str] = []
         token = None
         while True:
@@ -736,13 +741,11 @@ class Mutations:
             if page.next_token is None:
                 break
             token = page.next_token
-        for node in list(self.inodes.values()):
-            if node.staging is not None and node.path.startswith(old_prefix):
-                await self.upload(node)
         if not any(k == old_prefix for k in keys):
             keys.insert(0, old_prefix)  # an implicit directory becomes an explicit one
             await self.backend.run_sync(lambda: self.backend.backend.put(old_prefix, b""))
         log.info("renaming %s → %s: %d objects (not atomic)", src.path, new_path, len(keys))
+        self.attr_store.drop_tree(src.path)  # known inodes are re-recorded as they move
         for done, key in enumerate(keys, 1):
             await self._move_object(key, new_prefix + key[len(old_prefix) :])
             if done % 100 == 0:
