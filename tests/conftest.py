@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +50,48 @@ def gcs_server() -> Iterator[object]:
 
     with GCSTestServer() as server:
         yield server
+
+
+@pytest.fixture
+def server(s3_server: Any) -> Iterator[Any]:
+    """The session's S3 server with clean counters and faults, and no latency afterwards."""
+    s3_server.reset_stats()
+    s3_server.clear_faults()
+    try:
+        yield s3_server
+    finally:
+        s3_server.latency = 0.0
+        s3_server.clear_faults()
+
+
+@pytest.fixture(scope="module")
+def auth_server() -> Iterator[str]:
+    """The endpoint of an S3 server that checks credentials (moto's IAM), with the bucket
+    `authbucket`: in a subprocess, because moto's switch for that is process-wide."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "wsfuse.testing.s3server",
+            "--port",
+            "0",
+            "--require-auth",
+            "--bucket",
+            "authbucket",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://"), url
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:

@@ -68,42 +68,20 @@ def test_missing_local_bucket(tmp_path: Path) -> None:
     assert_one_line_error(result, "does not exist", "mkdir -p")
 
 
-def test_bad_credentials(tmp_path: Path) -> None:
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wsfuse.testing.s3server",
-            "--port",
-            "0",
-            "--require-auth",
-            "--bucket",
-            "authbucket",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
+def test_bad_credentials(tmp_path: Path, auth_server: str) -> None:
+    result = run_wsfuse(
+        "mount",
+        "s3://authbucket",
+        str(tmp_path),
+        "-f",
+        "--endpoint-url",
+        auth_server,
+        "--cache-dir",
+        str(tmp_path / "c"),
     )
-    try:
-        assert server.stdout is not None
-        url = server.stdout.readline().strip()
-        result = run_wsfuse(
-            "mount",
-            "s3://authbucket",
-            str(tmp_path),
-            "-f",
-            "--endpoint-url",
-            url,
-            "--cache-dir",
-            str(tmp_path / "c"),
-        )
-        line = assert_one_line_error(result, "AWS_ACCESS_KEY_ID")
-        assert "wsfuse-test-secret" not in result.stderr + result.stdout
-        assert "credentials" in line.lower() or "denied" in line.lower()
-    finally:
-        server.terminate()
-        server.wait(10)
-        if server.stdout is not None:
-            server.stdout.close()
+    line = assert_one_line_error(result, "AWS_ACCESS_KEY_ID")
+    assert "wsfuse-test-secret" not in result.stderr + result.stdout
+    assert "credentials" in line.lower() or "denied" in line.lower()
 
 
 def test_unreachable_endpoint(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import datetime
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,18 +30,6 @@ from wsfuse.testing.ramp import ramp
 from wsfuse.testing.s3server import S3TestServer
 
 SECRET = "wsfuse-test-secret"
-
-
-@pytest.fixture
-def server(s3_server: Any) -> Iterator[S3TestServer]:
-    assert isinstance(s3_server, S3TestServer)
-    s3_server.reset_stats()
-    s3_server.clear_faults()
-    try:
-        yield s3_server
-    finally:
-        s3_server.latency = 0.0
-        s3_server.clear_faults()
 
 
 @pytest.fixture
@@ -192,36 +178,6 @@ def test_missing_bucket_is_bucket_not_found(server: S3TestServer) -> None:
     with pytest.raises(errors.BucketNotFound):
         backend.list("")
     backend.close()
-
-
-@pytest.fixture(scope="module")
-def auth_server() -> Iterator[str]:
-    """A server that checks credentials (moto's IAM): in a subprocess, because moto's switch
-    for that is process-wide."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "wsfuse.testing.s3server",
-            "--port",
-            "0",
-            "--require-auth",
-            "--bucket",
-            "authbucket",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://"), url
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def test_bad_credentials_are_permission_denied(auth_server: str) -> None:

@@ -28,18 +28,6 @@ def data_of(size: int, seed: int) -> bytes:
 
 
 @pytest.fixture
-def server(s3_server: Any) -> Iterator[S3TestServer]:
-    assert isinstance(s3_server, S3TestServer)
-    s3_server.reset_stats()
-    s3_server.clear_faults()
-    try:
-        yield s3_server
-    finally:
-        s3_server.latency = 0.0
-        s3_server.clear_faults()
-
-
-@pytest.fixture
 def client(server: S3TestServer) -> Iterator[Any]:
     c = server.client()
     try:
