@@ -74,6 +74,38 @@ def test_ranges(
     assert backend.get_range("r", offset, length) == want
 
 
+@pytest.mark.parametrize(
+    ("offset", "length", "pieces"),
+    [
+        (0, 3000, [1000, 1000, 1000]),  # whole blocks
+        (500, 2200, [1000, 1000, 200]),  # short last piece
+        (2000, 5000, [1000, 1000, 1000]),  # past EOF: what exists
+        (0, 999, [999]),  # less than one piece
+        (5000, 10, []),  # at EOF: nothing
+        (10, 0, []),  # nothing asked
+    ],
+)
+def test_get_blocks_cuts_one_range_into_pieces(
+    backend: Backend, offset: int, length: int, pieces: list[int]
+) -> None:
+    put_ramp(backend, "b", 5000)
+    blocks = backend.get_blocks("b", offset, length, 1000)
+    assert [len(b) for b in blocks] == pieces
+    assert all(isinstance(b, bytes) for b in blocks)
+    assert b"".join(blocks) == ramp("b", offset, sum(pieces))
+
+
+def test_get_blocks_is_version_checked(backend: Backend) -> None:
+    require(backend, "conditional_get")
+    old = backend.put("vb", b"version one")
+    assert backend.get_blocks("vb", 0, 11, 4, if_match=old.etag) == [b"vers", b"ion ", b"one"]
+    backend.put("vb", b"version two")
+    with pytest.raises(PreconditionFailed):
+        backend.get_blocks("vb", 0, 11, 4, if_match=old.etag)
+    with pytest.raises(NotFound):
+        backend.get_blocks("nope", 0, 10, 4)
+
+
 def test_zero_byte_object(backend: Backend) -> None:
     info = backend.put("empty", b"")
     assert info.size == 0

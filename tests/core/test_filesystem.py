@@ -139,6 +139,59 @@ async def test_sequential_reads_prefetch_and_read_each_byte_once(h: Harness) -> 
     assert h.backend.counts["get_range"] <= size // (8 * MiB) + 3
 
 
+async def test_cold_sequential_read_hands_blocks_over_in_memory(h: Harness) -> None:
+    size = 40 * MiB
+    h.backend.put("cold", ramp("cold", 0, size))
+    assert await h.read_all("cold") == ramp("cold", 0, size)
+    stats = h.fs.fetcher.stats
+    # Nearly every block comes from read-ahead memory, not from its just-written cache file.
+    assert stats.handoffs >= 40 - 10
+    assert h.fs.cache.statistics().hits <= 10
+    await wait_for_idle_fetcher(h)
+    assert h.fs.cache.statistics().blocks == 40  # and all of them were cached for re-reads
+
+
+async def test_sequential_reread_from_disk_cache_is_read_ahead(h: Harness) -> None:
+    size = 40 * MiB + 7
+    h.backend.put("warm", ramp("warm", 0, size))
+    assert await h.read_all("warm") == ramp("warm", 0, size)
+    await wait_for_idle_fetcher(h)
+    gets = h.backend.counts["get_range"]
+    assert await h.read_all("warm") == ramp("warm", 0, size)
+    assert h.backend.counts["get_range"] == gets  # all from the disk cache
+    assert h.fs.fetcher.stats.disk_loads >= 30  # loaded ahead in worker threads
+
+
+async def test_unaligned_sequential_reads_fetch_each_byte_once(h: Harness) -> None:
+    size = 30 * MiB + 123
+    h.backend.put("odd", ramp("odd", 0, size))
+    assert await h.read_all("odd", chunk=300_001) == ramp("odd", 0, size)
+    assert h.backend.bytes_read == size
+    assert h.fs.cache.statistics().hits <= 8
+
+
+@pytest.mark.parametrize("stop", ["close", "seek"])
+async def test_readahead_budget_is_returned(h: Harness, stop: str) -> None:
+    h.backend.put("b", ramp("b", 0, 200 * MiB))
+    fetcher = h.fs.fetcher
+    fh, _ = await h.fs.open(await h.path_ino("b"), write=False)
+    for i in range(12):
+        assert await h.fs.read(fh, i * MiB, MiB) == ramp("b", i * MiB, MiB)
+    assert fetcher.budget.value < fetcher.budget_blocks  # read-ahead holds blocks
+    if stop == "seek":
+        assert await h.fs.read(fh, 150 * MiB, 10) == ramp("b", 150 * MiB, 10)
+    await h.fs.release(fh)
+    await wait_for_idle_fetcher(h)
+    assert fetcher.budget.value == fetcher.budget_blocks
+
+
+async def wait_for_idle_fetcher(h: Harness) -> None:
+    with trio.fail_after(10):
+        while h.fs.fetcher.inflight:
+            await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_small_objects_are_fetched_whole_in_one_get(h: Harness) -> None:
     h.backend.put("small", ramp("small", 0, 3 * MiB + 1))
     assert await h.read_all("small", chunk=128 * 1024) == ramp("small", 0, 3 * MiB + 1)

@@ -128,6 +128,20 @@ class Backend(abc.ABC):
         `PreconditionFailed` unless the object's etag equals it. Raises `NotFound`.
         """
 
+    def get_blocks(
+        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+    ) -> list[bytes]:
+        """`get_range(key, offset, length)` cut into `block_size` pieces (the last may be
+        short; `[]` for no bytes). One request. Backends that can read a response body in
+        pieces override this so the bytes are copied once, from the socket into each piece."""
+        if block_size <= 0:
+            raise ValueError(f"block size must be positive, not {block_size}")
+        data = self.get_range(key, offset, length, if_match=if_match)
+        if len(data) <= block_size:
+            return [data] if data else []
+        view = memoryview(data)
+        return [bytes(view[i : i + block_size]) for i in range(0, len(data), block_size)]
+
     @abc.abstractmethod
     def list(
         self,

@@ -28,6 +28,13 @@ class PrefixedBackend(Backend):
     ) -> bytes:
         return self.inner.get_range(self.prefix + key, offset, length, if_match=if_match)
 
+    def get_blocks(
+        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+    ) -> list[bytes]:
+        return self.inner.get_blocks(
+            self.prefix + key, offset, length, block_size, if_match=if_match
+        )
+
     def list(
         self,
         prefix: str,

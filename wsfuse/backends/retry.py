@@ -113,6 +113,12 @@ class RetryingBackend(Backend):
         return self.inner.get_range(key, offset, length, if_match=if_match)
 
     @_retrying
+    def get_blocks(
+        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+    ) -> list[bytes]:
+        return self.inner.get_blocks(key, offset, length, block_size, if_match=if_match)
+
+    @_retrying
     def list(
         self,
         prefix: str,

@@ -15,6 +15,7 @@ window back, so random readers never trigger large downloads.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -38,29 +39,24 @@ class PinnedObject:
         return BlockKey(self.key, self.cache_etag or self.etag, index)
 
 
-@dataclass(slots=True)
-class ReadAhead:
-    """The read-ahead fetches of one handle, cancelled together on seek-away or close."""
-
-    scopes: set[trio.CancelScope] = field(default_factory=set)
-
-    def cancel(self) -> None:
-        for scope in self.scopes:
-            scope.cancel()
-        self.scopes.clear()
-
-
 class FetchCancelled(Exception):
     """The fetch a reader waited on was read-ahead that got cancelled: fetch it again."""
 
 
 @dataclass(slots=True)
 class _Pending:
-    """One block being fetched; waiters block on `done`."""
+    """One block being fetched or loaded; waiters block on `done`.
+
+    A read-ahead block holds one unit of the prefetch budget from the start of its fetch until
+    both of its holders let go: the write to the disk cache (fetches only) and the hand-off to
+    the reader that asked for it (`ReadAhead.ready`). So the budget bounds every fetched byte
+    in memory, whether it waits for the disk or for the reader.
+    """
 
     done: trio.Event = field(default_factory=trio.Event)
     data: bytes | None = None
     error: BaseException | None = None
+    holds: int = 0
 
     async def wait(self) -> bytes:
         await self.done.wait()
@@ -71,6 +67,41 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class ReadAhead:
+    """The read-ahead of one handle: its fetches and loads in flight (cancelled together on
+    seek-away or close) and the blocks they produced that the reader has not taken yet.
+
+    Handing those blocks over in memory is what makes a cold sequential read cheap: without
+    it, nearly every block would be written to the cache file and read straight back from it
+    on the trio thread.
+    """
+
+    release: Callable[[_Pending], None]
+    scopes: set[trio.CancelScope] = field(default_factory=set)
+    ready: dict[BlockKey, _Pending] = field(default_factory=dict)
+
+    def take(self, bkey: BlockKey) -> _Pending | None:
+        """The read-ahead block `bkey`, handed over (its budget released), or None."""
+        pending = self.ready.pop(bkey, None)
+        if pending is not None:
+            self.release(pending)
+        return pending
+
+    def drop(self, bkey: BlockKey, pending: _Pending) -> None:
+        if self.ready.get(bkey) is pending:
+            del self.ready[bkey]
+            self.release(pending)
+
+    def cancel(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+        self.scopes.clear()
+        ready, self.ready = self.ready, {}
+        for pending in ready.values():
+            self.release(pending)
+
+
+@dataclass(slots=True)
 class FetchStats:
     demand_fetches: int = 0
     prefetches: int = 0
@@ -78,6 +109,8 @@ class FetchStats:
     prefetch_skipped_budget: int = 0
     cache_hits: int = 0
     inflight_joins: int = 0
+    handoffs: int = 0  # blocks read from read-ahead memory, not from the cache files
+    disk_loads: int = 0  # cached blocks read ahead from the cache files in worker threads
 
 
 class BlockFetcher:
@@ -96,21 +129,45 @@ class BlockFetcher:
         self.nursery = nursery
         # GUARDED_BY: trio thread. INVARIANT: a key is here only while a task fetches it.
         self.inflight: dict[BlockKey, _Pending] = {}
-        # Prefetched bytes held in memory between the GET and the cache write (in blocks).
-        self.budget = trio.Semaphore(max(1, config.prefetch_budget // config.block_size))
+        # Read-ahead bytes held in memory (in blocks), see `_Pending`.
+        self.budget_blocks = max(1, config.prefetch_budget // config.block_size)
+        self.budget = trio.Semaphore(self.budget_blocks)
         # Disk writes of fetched blocks: few at a time, they are sequential writes to one disk.
         self.disk_limiter = trio.CapacityLimiter(4)
+        # Read-ahead from the cache files: enough reads in flight to keep an NVMe queue busy.
+        self.load_limiter = trio.CapacityLimiter(8)
         self.stats = FetchStats()
 
     def block_count(self, obj: PinnedObject) -> int:
         return -(-obj.size // self.block_size)
 
-    async def get_block(self, obj: PinnedObject, index: int, *, fetch_blocks: int = 1) -> bytes:
-        """Block `index` of `obj`: from the cache, from a fetch in flight, or fetched now
-        together with up to `fetch_blocks - 1` following blocks in one GET."""
+    def new_readahead(self) -> ReadAhead:
+        return ReadAhead(self.release)
+
+    def release(self, pending: _Pending) -> None:
+        """One holder of a read-ahead block lets go; the last one returns its budget."""
+        pending.holds -= 1
+        if pending.holds == 0:
+            self.budget.release()
+
+    async def get_block(
+        self,
+        obj: PinnedObject,
+        index: int,
+        *,
+        fetch_blocks: int = 1,
+        group: ReadAhead | None = None,
+    ) -> bytes:
+        """Block `index` of `obj`: handed over by `group`'s read-ahead, from a fetch in
+        flight, from the cache, or fetched now together with up to `fetch_blocks - 1`
+        following blocks in one GET."""
         while True:
             bkey = obj.block(index)
-            pending = self.inflight.get(bkey)
+            pending = group.take(bkey) if group is not None else None
+            if pending is not None:
+                self.stats.handoffs += 1
+            else:
+                pending = self.inflight.get(bkey)
             if pending is None:
                 data = self.cache.get(bkey)
                 if data is not None:
@@ -124,7 +181,20 @@ class BlockFetcher:
             try:
                 return await pending.wait()
             except FetchCancelled:
-                continue  # read-ahead was cancelled; fetch on demand
+                continue  # read-ahead was cancelled or its cached copy vanished: fetch
+
+    def _take_budget(self, run: list[BlockKey]) -> list[BlockKey]:
+        """The prefix of `run` that spare budget covers (read-ahead never waits for it)."""
+        taken = 0
+        for _ in run:
+            try:
+                self.budget.acquire_nowait()
+            except trio.WouldBlock:
+                break
+            taken += 1
+        if taken == 0:
+            self.stats.prefetch_skipped_budget += 1
+        return run[:taken]
 
     def start_fetch(
         self, obj: PinnedObject, first: int, count: int, *, group: ReadAhead | None
@@ -132,7 +202,8 @@ class BlockFetcher:
         """Start one GET for the run of missing blocks from `first` (at most `count`); returns
         how many blocks it covers (0 if `first` is cached or in flight already).
 
-        With a `group` this is read-ahead: it holds budget, and cancelling the group stops it.
+        With a `group` this is read-ahead: it holds budget, its blocks are handed to the
+        group's reader, and cancelling the group stops it.
         """
         last = min(first + count, self.block_count(obj))
         run: list[BlockKey] = []
@@ -145,23 +216,41 @@ class BlockFetcher:
             return 0
         scope = trio.CancelScope()
         if group is not None:
-            # Read-ahead only runs on spare budget; demand fetches never wait for it.
-            taken = 0
-            for _ in run:
-                try:
-                    self.budget.acquire_nowait()
-                except trio.WouldBlock:
-                    break
-                taken += 1
-            if taken == 0:
-                self.stats.prefetch_skipped_budget += 1
+            run = self._take_budget(run)
+            if not run:
                 return 0
-            run = run[:taken]
             group.scopes.add(scope)
             self.stats.prefetches += 1
         for bkey in run:
-            self.inflight[bkey] = _Pending()
+            pending = self.inflight[bkey] = _Pending()
+            if group is not None:
+                pending.holds = 2  # the disk write and the reader
+                group.ready[bkey] = pending
         self.nursery.start_soon(self._fetch, obj, run, scope, group)
+        return len(run)
+
+    def start_load(self, obj: PinnedObject, first: int, count: int, *, group: ReadAhead) -> int:
+        """Read ahead the run of cached blocks from `first` (at most `count`) from the cache
+        files in a worker thread; returns how many blocks it covers (0 if `first` is not
+        cached, in flight, or there is no budget). Without it, a sequential re-read from the
+        disk cache would wait for one 1 MiB file read at a time, on the trio thread."""
+        last = min(first + count, self.block_count(obj))
+        run: list[BlockKey] = []
+        for i in range(first, last):
+            bkey = obj.block(i)
+            if bkey in self.inflight or bkey in group.ready or not self.cache.contains(bkey):
+                break
+            run.append(bkey)
+        run = self._take_budget(run) if run else run
+        if not run:
+            return 0
+        scope = trio.CancelScope()
+        group.scopes.add(scope)
+        for bkey in run:
+            pending = self.inflight[bkey] = _Pending()
+            pending.holds = 1  # the reader
+            group.ready[bkey] = pending
+        self.nursery.start_soon(self._load, run, scope, group)
         return len(run)
 
     async def _fetch(
@@ -191,30 +280,63 @@ class BlockFetcher:
             error = exc
             log.debug("fetch of %r blocks %d+%d failed: %s", obj.key, run[0].index, len(run), exc)
         finally:
-            for bkey, pending in zip(run, pendings, strict=True):
-                if not pending.done.is_set():
-                    pending.error = error
-                    pending.done.set()
-                if self.inflight.get(bkey) is pending:
-                    del self.inflight[bkey]
+            self._finish(run, pendings, error, scope, group)
             if group is not None:
-                group.scopes.discard(scope)
-                for _ in run:
-                    self.budget.release()
+                for bkey, pending in zip(run, pendings, strict=True):
+                    if pending.data is None:
+                        group.drop(bkey, pending)  # nothing to hand over
+                    self.release(pending)  # the disk write's hold
+
+    async def _load(self, run: list[BlockKey], scope: trio.CancelScope, group: ReadAhead) -> None:
+        pendings = [self.inflight[b] for b in run]
+        try:
+            with scope:
+                async with self.load_limiter:
+                    blocks = await trio.to_thread.run_sync(self._load_sync, run)
+                for pending, block in zip(pendings, blocks, strict=True):
+                    if block is not None:
+                        pending.data = block
+                        pending.done.set()
+                        self.stats.disk_loads += 1
+        finally:
+            # Blocks that vanished from the cache meanwhile get FetchCancelled: the reader
+            # fetches them on demand.
+            self._finish(run, pendings, FetchCancelled(), scope, group)
+            for bkey, pending in zip(run, pendings, strict=True):
+                if pending.data is None:
+                    group.drop(bkey, pending)
+
+    def _load_sync(self, run: list[BlockKey]) -> list[bytes | None]:
+        return [self.cache.get(bkey) for bkey in run]
+
+    def _finish(
+        self,
+        run: list[BlockKey],
+        pendings: list[_Pending],
+        error: BaseException,
+        scope: trio.CancelScope,
+        group: ReadAhead | None,
+    ) -> None:
+        for bkey, pending in zip(run, pendings, strict=True):
+            if not pending.done.is_set():
+                pending.error = error
+                pending.done.set()
+            if self.inflight.get(bkey) is pending:
+                del self.inflight[bkey]
+        if group is not None:
+            group.scopes.discard(scope)
 
     async def _get_blocks(self, obj: PinnedObject, run: list[BlockKey]) -> list[bytes]:
         bs = self.block_size
         offset = run[0].index * bs
         length = min(len(run) * bs, obj.size - offset)
-        data = await self.backend.get_range(obj.key, offset, length, if_match=obj.etag)
-        if len(data) != length:
+        blocks = await self.backend.get_blocks(obj.key, offset, length, bs, if_match=obj.etag)
+        got = sum(map(len, blocks))
+        if got != length or len(blocks) != len(run):
             raise BackendError(
-                f"{obj.key!r}: expected {length} bytes at {offset}, got {len(data)}", key=obj.key
+                f"{obj.key!r}: expected {length} bytes at {offset}, got {got}", key=obj.key
             )
-        if len(run) == 1:
-            return [data]
-        view = memoryview(data)
-        return [bytes(view[i * bs : (i + 1) * bs]) for i in range(len(run))]
+        return blocks
 
     def _store(self, run: list[BlockKey], blocks: list[bytes]) -> None:
         for bkey, block in zip(run, blocks, strict=True):
@@ -235,7 +357,10 @@ class Reader:
         self.next_offset = 0
         self.window = 0  # read-ahead in blocks; grows while reads are sequential
         self.ahead_until = 0  # blocks below this were fetched or requested by read-ahead
-        self.readahead = ReadAhead()
+        self.readahead = fetcher.new_readahead()
+        # The block the last sequential read ended inside of: the next read starts in it, and
+        # read-ahead has already handed it over. At most one block per unaligned reader.
+        self.last: tuple[int, bytes] | None = None
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, self.obj.size)
@@ -260,39 +385,48 @@ class Reader:
         else:
             fetch = last - first + 1  # random: exactly what was asked for
         # Start the demand fetch before read-ahead, so that it covers its whole run in one GET.
-        if self.fetcher.start_fetch(self.obj, first, fetch, group=None):
+        if (self.last is None or self.last[0] != first) and self.fetcher.start_fetch(
+            self.obj, first, fetch, group=None
+        ):
             self.fetcher.stats.demand_fetches += 1
         if sequential and self.window and not self.whole:
             self._read_ahead(last + 1)
+        start = offset - first * bs
+        parts = [await self._block(i, fetch - (i - first)) for i in range(first, last + 1)]
+        # Keep the block the read ended in only if the read ended inside it (see `last`).
+        ends_inside = end % bs != 0 and end != self.obj.size
+        self.last = (last, parts[-1]) if ends_inside and sequential else None
         if first == last:
-            block = await self.fetcher.get_block(self.obj, first, fetch_blocks=fetch)
-            start = offset - first * bs
+            block = parts[0]
             if start == 0 and end - offset == len(block):
                 return block
             return memoryview(block)[start : end - first * bs]
-        parts: list[bytes] = []
-        for i in range(first, last + 1):
-            parts.append(
-                await self.fetcher.get_block(self.obj, i, fetch_blocks=fetch - (i - first))
-            )
-        data = b"".join(parts)
-        start = offset - first * bs
-        return memoryview(data)[start : start + end - offset]
+        return memoryview(b"".join(parts))[start : start + end - offset]
+
+    async def _block(self, index: int, fetch_blocks: int) -> bytes:
+        if self.last is not None and self.last[0] == index:
+            return self.last[1]
+        return await self.fetcher.get_block(
+            self.obj, index, fetch_blocks=fetch_blocks, group=self.readahead
+        )
 
     def _read_ahead(self, start: int) -> None:
-        """Keep `window` blocks after `start` fetched or in flight, in fetch-sized GETs."""
-        total = self.fetcher.block_count(self.obj)
+        """Keep `window` blocks after `start` fetched, loaded or in flight, in fetch-sized
+        runs: missing blocks by GET, cached ones from the cache files."""
+        fetcher = self.fetcher
+        total = fetcher.block_count(self.obj)
         target = min(start + self.window, total)
         i = max(start, self.ahead_until)
         # Only whole fetches (or the object's tail): topping the window up by the one block
         # each read consumes would turn read-ahead into 1 MiB GETs.
         while i < target and (target - i >= self.fetch_blocks or target == total):
-            covered = self.fetcher.start_fetch(
-                self.obj, i, min(self.fetch_blocks, target - i), group=self.readahead
+            count = min(self.fetch_blocks, target - i)
+            covered = fetcher.start_fetch(self.obj, i, count, group=self.readahead) or (
+                fetcher.start_load(self.obj, i, count, group=self.readahead)
             )
             if covered == 0:
                 bkey = self.obj.block(i)
-                if bkey not in self.fetcher.inflight and not self.fetcher.cache.contains(bkey):
+                if bkey not in fetcher.inflight and bkey not in self.readahead.ready:
                     break  # out of budget: try again on the next read
                 covered = 1
             i += covered
@@ -303,3 +437,4 @@ class Reader:
 
     def close(self) -> None:
         self.cancel_readahead()
+        self.last = None
