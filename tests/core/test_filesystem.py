@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -183,6 +184,55 @@ async def test_readahead_budget_is_returned(h: Harness, stop: str) -> None:
     await h.fs.release(fh)
     await wait_for_idle_fetcher(h)
     assert fetcher.budget.value == fetcher.budget_blocks
+
+
+async def read_files(h: Harness, names: list[str]) -> dict[str, bytes]:
+    await h.fs.listing("shard")
+    return {name: await h.read_all(f"shard/{name}") for name in names}
+
+
+def put_shard(h: Harness, count: int, size: int) -> list[str]:
+    names = [f"{i:05d}.bin" for i in range(count)]
+    for name in names:
+        h.backend.put(f"shard/{name}", ramp(name, 0, size))
+    return names
+
+
+async def test_files_read_in_name_order_are_fetched_ahead(h: Harness) -> None:
+    names = put_shard(h, 120, 128 * 1024)
+    got = await read_files(h, names)
+    assert got == {name: ramp(name, 0, 128 * 1024) for name in names}
+    # Nearly every file was requested before it was opened, and none twice.
+    assert h.fs.dir_ahead.files_requested >= 100
+    await wait_for_idle_fetcher(h)
+    assert h.backend.counts["get_range"] == 120
+    assert h.fs.fetcher.budget.value == h.fs.fetcher.budget_blocks
+
+
+async def test_interleaved_readers_in_name_order_are_fetched_ahead(h: Harness) -> None:
+    names = put_shard(h, 160, 64 * 1024)
+    await h.fs.listing("shard")
+
+    async def reader(j: int) -> None:
+        for name in names[j::8]:
+            assert await h.read_all(f"shard/{name}") == ramp(name, 0, 64 * 1024)
+
+    async with trio.open_nursery() as nursery:
+        for j in range(8):
+            nursery.start_soon(reader, j)
+    assert h.fs.dir_ahead.files_requested >= 100
+    await wait_for_idle_fetcher(h)
+    assert h.backend.counts["get_range"] == 160
+
+
+async def test_shuffled_files_are_not_fetched_ahead(h: Harness) -> None:
+    names = put_shard(h, 300, 16 * 1024)
+    shuffled = names[:]
+    random.Random(7).shuffle(shuffled)
+    got = await read_files(h, shuffled)
+    assert all(got[name] == ramp(name, 0, 16 * 1024) for name in names)
+    assert h.fs.dir_ahead.files_requested <= 10  # chance alignments only
+    assert h.backend.counts["get_range"] == 300  # and nothing fetched twice
 
 
 async def wait_for_idle_fetcher(h: Harness) -> None:

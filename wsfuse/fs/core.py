@@ -29,6 +29,7 @@ from wsfuse.config import MountConfig
 from wsfuse.errors import NotFound, WsfuseError
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION, AttrStore
+from wsfuse.fs.dirahead import DirectoryReadAhead
 from wsfuse.fs.mutations import Mutations
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
@@ -112,6 +113,9 @@ class Filesystem(Mutations):
         self.index = index
         self.clock = clock
         self.fetcher = BlockFetcher(self.backend, cache, config, nursery)
+        self.dir_ahead = DirectoryReadAhead(
+            self.fetcher, whole_object_max=config.whole_object_max, pin=self._pin_entry
+        )
         self.attr_store = AttrStore(index)
         now = clock()
         self.inodes: dict[int, Inode] = {ROOT_INO: Inode(ROOT_INO, "", True, mtime=now)}
@@ -395,9 +399,20 @@ class Filesystem(Mutations):
             await self._revalidate(node)
         if write:
             await self.start_writing(node, truncate=truncate)
+        if not write and node.staging is None:
+            parent, _, name = node.path.rpartition("/")
+            self.dir_ahead.opened(parent, name, self._fresh_listing(parent))
         keep_cache = node.staging is None and node.opened_etag == node.etag
         node.opened_etag = node.etag if node.staging is None else None
         return self._new_file_handle(node, writable=write), keep_cache
+
+    def _pin_entry(self, path: str, entry: Entry) -> PinnedObject:
+        """The version a listing entry names, with the cache identity its inode knows of."""
+        ino = self.by_path.get((path, False))
+        node = self.inodes.get(ino) if ino is not None else None
+        if node is not None and node.etag == entry.etag:
+            return node.pinned()
+        return PinnedObject(path, entry.etag, entry.size)
 
     def _new_file_handle(self, node: Inode, *, writable: bool) -> int:
         fh = next(self._next_fh)
@@ -463,6 +478,9 @@ class Filesystem(Mutations):
             "backend_bytes": self.backend.bytes_received,
             "demand_fetches": fetch.demand_fetches,
             "prefetches": fetch.prefetches,
+            "readahead_handoffs": fetch.handoffs,
+            "readahead_disk_loads": fetch.disk_loads,
+            "directory_prefetch_files": self.dir_ahead.files_requested,
             "prefetch_cancelled": fetch.prefetch_cancelled,
             "prefetch_skipped_budget": fetch.prefetch_skipped_budget,
             "inflight_blocks": len(self.fetcher.inflight),

@@ -196,14 +196,25 @@ class BlockFetcher:
             self.stats.prefetch_skipped_budget += 1
         return run[:taken]
 
+    def is_available(self, bkey: BlockKey) -> bool:
+        """Cached or on its way (no I/O)."""
+        return bkey in self.inflight or self.cache.contains(bkey)
+
     def start_fetch(
-        self, obj: PinnedObject, first: int, count: int, *, group: ReadAhead | None
+        self,
+        obj: PinnedObject,
+        first: int,
+        count: int,
+        *,
+        group: ReadAhead | None,
+        handoff: bool = True,
     ) -> int:
         """Start one GET for the run of missing blocks from `first` (at most `count`); returns
         how many blocks it covers (0 if `first` is cached or in flight already).
 
         With a `group` this is read-ahead: it holds budget, its blocks are handed to the
-        group's reader, and cancelling the group stops it.
+        group's reader (unless not `handoff`: then they only go to the cache), and cancelling
+        the group stops it.
         """
         last = min(first + count, self.block_count(obj))
         run: list[BlockKey] = []
@@ -224,8 +235,10 @@ class BlockFetcher:
         for bkey in run:
             pending = self.inflight[bkey] = _Pending()
             if group is not None:
-                pending.holds = 2  # the disk write and the reader
-                group.ready[bkey] = pending
+                pending.holds = 1  # the disk write
+                if handoff:
+                    pending.holds += 1  # and the reader
+                    group.ready[bkey] = pending
         self.nursery.start_soon(self._fetch, obj, run, scope, group)
         return len(run)
 
