@@ -4,11 +4,14 @@ other tests and the benchmarks rely on them."""
 
 from __future__ import annotations
 
+import json
 import random
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -323,6 +326,66 @@ def test_standalone_server_prints_its_endpoint() -> None:
         )
         names = [b["Name"] for b in c.list_buckets()["Buckets"]]
         assert "standalone" in names
+        c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def admin(url: str, method: str, path: str) -> tuple[int, Any]:
+    request = urllib.request.Request(f"{url}/_wsfuse/{path}", method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read())
+
+
+def test_admin_path_drives_a_server_in_another_process() -> None:
+    """What the benchmarks rely on: stats by kind (not counting the admin requests), reset,
+    and latency set from outside, applied per S3 request."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wsfuse.testing.s3server", "--bucket", "admin-test"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        c = boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+        )
+        assert admin(url, "POST", "reset") == (200, {})
+        c.put_object(Bucket="admin-test", Key="k", Body=b"x" * 1000)
+        for _ in range(3):
+            c.get_object(Bucket="admin-test", Key="k", Range="bytes=0-99")["Body"].read()
+        status, stats = admin(url, "GET", "stats?reset=1")
+        assert status == 200
+        assert stats["PUT"]["requests"] == 1
+        assert stats["GET"] == {"requests": 3, "bytes": 300}
+        assert stats["total"]["requests"] == 4
+        status, stats = admin(url, "GET", "stats")
+        assert stats["total"]["requests"] == 0  # reset after the last read; admin not counted
+
+        assert admin(url, "POST", "latency?ms=1000") == (200, {"latency_ms": 1000.0})
+        assert admin(url, "GET", "latency") == (200, {"latency_ms": 1000.0})
+        started = time.monotonic()
+        c.head_object(Bucket="admin-test", Key="k")
+        assert time.monotonic() - started >= 1.0
+        started = time.monotonic()
+        admin(url, "GET", "stats")  # the harness's own requests are never delayed
+        assert time.monotonic() - started < 1.0
+        assert admin(url, "POST", "latency?ms=0")[1] == {"latency_ms": 0.0}
+
+        assert admin(url, "POST", "latency?ms=soon")[0] == 400
+        assert admin(url, "GET", "nonsense")[0] == 404
         c.close()
     finally:
         proc.terminate()
