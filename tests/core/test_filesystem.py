@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -74,7 +75,7 @@ async def test_lookup_and_readdir_from_one_listing(h: Harness) -> None:
     d = await h.fs.lookup(ROOT_INO, "d")
     assert d.is_dir
     fh = h.fs.opendir(d.ino)
-    entries = await h.fs.readdir(fh, 0)
+    entries = list(await h.fs.readdir(fh, 0))
     assert [(e.name, e.is_dir) for _, _, e in entries] == [
         ("a", False),
         ("b", False),
@@ -92,6 +93,22 @@ async def test_lookup_and_readdir_from_one_listing(h: Harness) -> None:
     assert dict(h.backend.counts) == before  # answered from the listing
 
 
+async def test_readdir_makes_inodes_only_for_entries_taken(h: Harness) -> None:
+    for i in range(3000):
+        h.backend.put(f"big/{i:05d}", b"")
+    big = await h.fs.lookup(ROOT_INO, "big")
+    fh = h.fs.opendir(big.ino)
+    known = len(h.fs.inodes)
+    taken = []
+    for start in range(0, 3000, 30):  # the kernel's way: a few dozen entries per call
+        entries = await h.fs.readdir(fh, start)
+        taken += [e.name for _, _, e in itertools.islice(entries, 30)]
+        # (entries beyond what was taken are never made into inodes)
+        assert len(h.fs.inodes) == known + len(taken)
+    assert taken == [f"{i:05d}" for i in range(3000)]
+    h.fs.releasedir(fh)
+
+
 async def test_negative_lookups_are_cached(h: Harness) -> None:
     for _ in range(3):
         with pytest.raises(FsError):
@@ -104,10 +121,10 @@ async def test_readdir_offsets_survive_concurrent_change(h: Harness) -> None:
         h.backend.put(f"x/{i:02d}", b"")
     x = await h.fs.lookup(ROOT_INO, "x")
     fh = h.fs.opendir(x.ino)
-    first = await h.fs.readdir(fh, 0)
+    first = list(await h.fs.readdir(fh, 0))
     h.backend.put("x/000-new", b"")  # sorts first: would shift every offset of a fresh listing
     h.fs.listings.clear()
-    rest = await h.fs.readdir(fh, 5)
+    rest = list(await h.fs.readdir(fh, 5))
     assert [e.name for _, _, e in rest] == [e.name for _, _, e in first[5:]]
 
 

@@ -17,7 +17,7 @@ import hashlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -365,9 +365,13 @@ class Filesystem(Mutations):
         self._handles[fh] = DirHandle(ino)
         return fh
 
-    async def readdir(self, fh: int, start: int) -> list[tuple[int, Inode, Entry]]:
+    async def readdir(self, fh: int, start: int) -> Iterator[tuple[int, Inode, Entry]]:
         """Entries from offset `start`, as (next offset, inode, entry). Offsets index a snapshot
-        taken at the first call, so they stay valid while the directory changes."""
+        taken at the first call, so they stay valid while the directory changes.
+
+        Lazy: the kernel takes a few dozen entries per call, so a directory of N entries is
+        read in ~N/30 calls; making inodes for everything after `start` on each of them would
+        make listing it quadratic."""
         handle = self._handles.get(fh)
         if not isinstance(handle, DirHandle):
             raise FsError(errno.EBADF)
@@ -375,14 +379,19 @@ class Filesystem(Mutations):
         if handle.entries is None or start == 0:
             listing = await self.listing(parent.path)
             handle.entries = listing.entries
-        out = []
-        for i in range(start, len(handle.entries)):
-            entry = handle.entries[i]
-            node = self._remember(
-                child_path(parent.path, entry.name), entry.is_dir, entry, self.clock()
+        return self._dir_entries(parent.path, handle.entries, start)
+
+    def _dir_entries(
+        self, path: str, entries: tuple[Entry, ...], start: int
+    ) -> Iterator[tuple[int, Inode, Entry]]:
+        now = self.clock()
+        for i in range(start, len(entries)):
+            entry = entries[i]
+            yield (
+                i + 1,
+                self._remember(child_path(path, entry.name), entry.is_dir, entry, now),
+                entry,
             )
-            out.append((i + 1, node, entry))
-        return out
 
     def releasedir(self, fh: int) -> None:
         self._handles.pop(fh, None)
