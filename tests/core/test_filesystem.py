@@ -109,6 +109,28 @@ async def test_readdir_makes_inodes_only_for_entries_taken(h: Harness) -> None:
     h.fs.releasedir(fh)
 
 
+async def test_listing_after_lookup_reuses_the_lookups_page(h: Harness) -> None:
+    for key in ["d/a", "d/b", "d/sub/c"]:
+        h.backend.put(key, key.encode())
+    d = await h.fs.lookup(ROOT_INO, "d")  # HEAD d + LIST d/ (first page)
+    assert h.backend.counts["list"] == 1
+    fh = h.fs.opendir(d.ino)
+    assert [e.name for _, _, e in await h.fs.readdir(fh, 0)] == ["a", "b", "sub"]
+    h.fs.releasedir(fh)
+    assert h.backend.counts["list"] == 1  # `ls` right after `stat`: no second LIST
+
+
+async def test_a_change_after_the_lookup_is_listed(h: Harness) -> None:
+    for key in ["e/a", "e/b"]:
+        h.backend.put(key, key.encode())
+    e = await h.fs.lookup(ROOT_INO, "e")
+    await h.fs.unlink(e.ino, "a")  # through the mount: the kept page is stale now
+    h.fs.listings.clear()
+    fh = h.fs.opendir(e.ino)
+    assert [x.name for _, _, x in await h.fs.readdir(fh, 0)] == ["b"]
+    h.fs.releasedir(fh)
+
+
 async def test_negative_lookups_are_cached(h: Harness) -> None:
     for _ in range(3):
         with pytest.raises(FsError):

@@ -43,6 +43,12 @@ ROOT_INO = 1
 DIRS_DB = "dirs"
 
 
+# First listing pages kept from lookups (a page holds up to 1,000 keys), and for how long:
+# `ls`, `os.walk` and `find` list a directory right after looking it up.
+FIRST_PAGES_KEPT = 16
+FIRST_PAGE_AGE = 2.0
+
+
 def _dir_key(path: str) -> bytes:
     """The index key of a directory's listing: LMDB keys are 1..511 bytes, S3 keys up to 1024."""
     raw = b"/" + path.encode("utf-8", "surrogateescape")
@@ -122,6 +128,7 @@ class Filesystem(Mutations):
         self.by_path: dict[tuple[str, bool], int] = {("", True): ROOT_INO}
         self._next_ino = itertools.count(ROOT_INO + 1)
         self.listings: dict[str, Listing] = {}
+        self._first_pages: dict[str, tuple[float, ListPage]] = {}  # see _keep_first_page
         self._listing_in_progress: dict[str, trio.Event] = {}
         self.negative: dict[str, float] = {}  # path → wall time it was found missing
         self._handles: dict[int, FileHandle | DirHandle] = {}
@@ -216,6 +223,7 @@ class Filesystem(Mutations):
         listed = page[0]
         if listed is not None and (listed.objects or listed.prefixes):
             self.negative.pop(path, None)
+            self._keep_first_page(path, listed, now)
             marker = next((o for o in listed.objects if o.key == dir_prefix(path)), None)
             if marker is not None and self.attr_store.get(path, DIR_VERSION) is None:
                 # an explicit directory: its mode, owner and mtime are in the marker
@@ -232,6 +240,20 @@ class Filesystem(Mutations):
             return node
         self.negative[path] = now
         raise FsError(errno.ENOENT)
+
+    def _keep_first_page(self, path: str, page: ListPage, at: float) -> None:
+        """A lookup that found a directory listed its first page: `ls` after `stat` (or `cd`,
+        or `os.walk` descending) starts from it instead of listing it again (the whole
+        listing, for directories of up to 1,000 entries)."""
+        self._first_pages[path] = (at, page)
+        while len(self._first_pages) > FIRST_PAGES_KEPT:
+            del self._first_pages[next(iter(self._first_pages))]
+
+    def _drop_persisted_listing(self, path: str) -> None:
+        # Every change to a directory's entries comes through here: a kept first page may
+        # predate it (of this directory, or of one renamed or removed), so none is trusted.
+        self._first_pages.clear()
+        super()._drop_persisted_listing(path)
 
     async def getattr(self, ino: int) -> Inode:
         node = self.inode(ino)
@@ -297,11 +319,14 @@ class Filesystem(Mutations):
         pages: list[ListPage] = []
         token: str | None = None
         prefix = dir_prefix(path)
-        while True:
+        first = self._first_pages.pop(path, None)
+        if first is not None and self._fresh(first[0]) and self.clock() - first[0] < FIRST_PAGE_AGE:
+            fetched_at, page = first  # the listing is as old as its oldest page
+            pages.append(page)
+            token = page.next_token
+        while not pages or token is not None:
             page = await self.backend.list(prefix, token=token)
             pages.append(page)
-            if page.next_token is None:
-                break
             token = page.next_token
         listing = Listing.build(path, pages, fetched_at, extra=self.local_entries(path))
         await self._learn_attributes(path, pages, listing)
