@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from wsfuse.backends.base import MIN_PART_SIZE, Backend, ObjectInfo
+from wsfuse.backends.base import MIN_PART_SIZE, Backend, ObjectInfo, PartInfo
 from wsfuse.errors import BackendError, NotFound, PreconditionFailed
 from wsfuse.testing.ramp import ramp
 
@@ -336,6 +336,43 @@ def test_multipart_abort(backend: Backend) -> None:
         backend.head("ab")
     backend.abort_multipart("ab", upload_id)  # again: success
     assert list_everything(backend, "", delimiter=None)[0] == []
+
+
+def test_conditional_multipart_complete(backend: Backend) -> None:
+    """`if_none_match` / `if_match` hold at completion (what recovery relies on to upload a
+    large file only over the version it was opened from): a refusal changes nothing."""
+    require(backend, "conditional_put")
+
+    def upload(key: str, data: bytes) -> tuple[str, list[PartInfo]]:
+        upload_id = backend.create_multipart(key, metadata={"mode": "33188"})
+        return upload_id, [backend.upload_part(key, upload_id, 1, data)]
+
+    upload_id, parts = upload("cm", b"first")
+    created = backend.complete_multipart("cm", upload_id, parts, if_none_match=True)
+    assert backend.get_range("cm", 0, 100) == b"first"
+    upload_id, parts = upload("cm", b"second")
+    with pytest.raises(PreconditionFailed):
+        backend.complete_multipart("cm", upload_id, parts, if_none_match=True)
+    backend.abort_multipart("cm", upload_id)
+    assert backend.get_range("cm", 0, 100) == b"first"
+
+    upload_id, parts = upload("cm", b"second")
+    replaced = backend.complete_multipart("cm", upload_id, parts, if_match=created.etag)
+    assert backend.get_range("cm", 0, 100) == b"second"
+    assert backend.head("cm").etag == replaced.etag != created.etag
+    upload_id, parts = upload("cm", b"third")
+    with pytest.raises(PreconditionFailed):  # a version no longer there
+        backend.complete_multipart("cm", upload_id, parts, if_match=created.etag)
+    backend.abort_multipart("cm", upload_id)
+    assert backend.get_range("cm", 0, 100) == b"second"
+
+    upload_id, parts = upload("gone", b"x")
+    with pytest.raises((PreconditionFailed, NotFound)):
+        backend.complete_multipart("gone", upload_id, parts, if_match=created.etag)
+    backend.abort_multipart("gone", upload_id)
+    with pytest.raises(NotFound):
+        backend.head("gone")
+    assert backend.list_multipart("") == []
 
 
 def test_check_bucket(backend: Backend) -> None:

@@ -13,11 +13,13 @@ import pytest
 import trio
 
 from tests.core.test_filesystem import Harness, make_config
+from wsfuse.backends.base import ObjectInfo
 from wsfuse.backends.faults import FaultInjectingBackend
 from wsfuse.backends.memory import MemoryBackend
 from wsfuse.cache import BlockCache
 from wsfuse.errors import BackendError, Transient
 from wsfuse.fs import posixmeta
+from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
 from wsfuse.testing.ramp import ramp
 
@@ -141,6 +143,49 @@ async def test_recovery_uploads_over_the_opened_version_or_keeps_a_conflict_copy
         assert any("never closed" in line for line in report)
 
 
+@pytest.mark.parametrize("existed", [True, False], ids=["over-a-version", "new-file"])
+@pytest.mark.parametrize("size", [8, 17 * MiB], ids=["put", "multipart"])
+async def test_recovery_never_overwrites_a_write_landing_after_its_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, existed: bool, size: int
+) -> None:
+    """Recovery HEADs the key, then uploads: another client's write in between must survive
+    (the upload is conditional on the version it was opened from, up to the multipart
+    completion), and the recovered data goes beside it as a conflict copy."""
+    backend = MemoryBackend()
+    if existed:
+        backend.put("f", b"v1")
+    data = ramp("f", 0, size)
+    async with _harness(tmp_path, backend) as h:
+        if existed:
+            fh, _ = await h.fs.open(await h.path_ino("f"), write=True, truncate=True)
+            await h.fs.write(fh, 0, data)
+        else:
+            fh, _ = await h.create("f", data)
+        for op in ("put", "complete_multipart"):
+            h.faulty.fail(op, Transient("503"), times=100, key="f")
+        with pytest.raises(BackendError):
+            await h.fs.flush(fh)
+        await h.fs.release(fh)
+    real_head = backend.head
+
+    def racing_head(key: str) -> ObjectInfo:
+        try:
+            return real_head(key)  # what recovery checks: the version it opened, or none
+        finally:
+            if key == "f":
+                backend.put("f", b"someone else's")  # lands between the check and the upload
+
+    monkeypatch.setattr(backend, "head", racing_head)
+    async with _harness(tmp_path, backend) as h:
+        report = await h.fs.recover_pending()
+        assert h.fs.pending_uploads() == []
+    assert backend.get_range("f", 0, 100) == b"someone else's"
+    conflicts = [k for k in backend.key_list() if k.startswith("f.wsfuse-conflict-")]
+    assert len(conflicts) == 1
+    assert backend.get_range(conflicts[0], 0, size) == data
+    assert any("saved as" in line for line in report), report
+
+
 async def test_unlinked_open_file_stays_readable_and_writable(w: WHarness) -> None:
     w.backend.put("u", ramp("u", 0, 3 * MiB))
     ino = await w.path_ino("u")
@@ -186,6 +231,43 @@ async def test_rename_file_replaces_target_and_moves_directories(w: WHarness) ->
     with pytest.raises(FsError) as err:
         await w.fs.rename(ROOT_INO, "b", ROOT_INO, "moved", 0)
     assert err.value.errno == errno.EISDIR
+
+
+async def test_rename_moves_the_live_directory_not_a_removed_one_of_the_same_name(
+    w: WHarness,
+) -> None:
+    """A removed directory's inode keeps its last path (the kernel may still hold it). When a
+    live directory later sits at that path and its parent is renamed, the live one must move:
+    the removed one used to take its place, with its old mode (issue 4 b: 0o600 for 0o700)."""
+    z = await w.fs.mkdir(ROOT_INO, "z", 0o700, 0, 0)  # the older inode: iterated first
+    a = await w.fs.mkdir(ROOT_INO, "a", 0o755, 0, 0)
+    removed = await w.fs.mkdir(a.ino, "b", 0o600, 0, 0)
+    await w.fs.rmdir(a.ino, "b")
+    await w.fs.rename(ROOT_INO, "z", a.ino, "b", 0)  # z becomes a/b: same path as `removed`
+    await w.fs.rename(ROOT_INO, "a", ROOT_INO, "c", 0)
+    node = await w.fs.lookup(await w.path_ino("c"), "b")
+    assert node is z and node is not removed
+    assert node.attrs.mode == stat.S_IFDIR | 0o700
+    assert posixmeta.decode(w.backend.head("c/b/").metadata).mode == stat.S_IFDIR | 0o700
+    assert removed.path == "a/b"  # not moved: it is in no namespace
+    assert w.fs.attr_store.get("c/b", DIR_VERSION) == node.attrs  # what a remount remembers
+
+
+async def test_rename_moves_the_live_file_not_an_unlinked_one_of_the_same_name(
+    w: WHarness,
+) -> None:
+    await w.write_file("y", b"live")  # the older inode: iterated first
+    await w.write_file("x", b"gone")
+    gone = await w.path_ino("x")
+    await w.fs.unlink(ROOT_INO, "x")
+    await w.fs.rename(ROOT_INO, "y", ROOT_INO, "x", 0)
+    live = await w.path_ino("x")
+    await w.fs.setattr(live, mode=0o600)
+    await w.fs.rename(ROOT_INO, "x", ROOT_INO, "z", 0)
+    node = await w.fs.lookup(ROOT_INO, "z")
+    assert node.ino == live != gone
+    assert node.attrs.mode == stat.S_IFREG | 0o600
+    assert await w.read_all("z") == b"live"
 
 
 async def test_chmod_keeps_cached_content(w: WHarness) -> None:

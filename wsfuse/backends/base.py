@@ -183,9 +183,23 @@ class Backend(abc.ABC):
         Raises `NotFound` if the upload does not exist (aborted or completed)."""
 
     @abc.abstractmethod
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         """Assemble `parts` (ascending numbers) into the object. Every part but the last must be
-        at least `MIN_PART_SIZE`; a violation raises `BackendError` and leaves the upload open."""
+        at least `MIN_PART_SIZE`; a violation raises `BackendError` and leaves the upload open.
+
+        `if_match` / `if_none_match` as for `put`, checked when the object is assembled (S3
+        `If-Match` / `If-None-Match` on CompleteMultipartUpload, GCS `ifGenerationMatch` on the
+        final compose): failing raises `PreconditionFailed` (`if_match` of a missing object:
+        that or `NotFound`, by store), changes nothing, and leaves the upload to be aborted.
+        """
 
     @abc.abstractmethod
     def abort_multipart(self, key: str, upload_id: str) -> None:

@@ -113,8 +113,23 @@ class FaultInjectingBackend(Backend):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
         return self._call("upload_part", key, upload_id, number, data)  # type: ignore[no-any-return]
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
-        return self._call("complete_multipart", key, upload_id, parts)  # type: ignore[no-any-return]
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        return self._call(  # type: ignore[no-any-return]
+            "complete_multipart",
+            key,
+            upload_id,
+            parts,
+            if_match=if_match,
+            if_none_match=if_none_match,
+        )
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self._call("abort_multipart", key, upload_id)

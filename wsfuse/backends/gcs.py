@@ -571,7 +571,15 @@ class GCSBackend(Backend):
         key = (manifest.metadata or {}).get(_MANIFEST_KEY)
         return str(key) if key is not None else None
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         if not parts:
             raise BackendError("a multipart upload needs at least one part", key=key)
         for prev, part in itertools.pairwise(parts):
@@ -584,6 +592,15 @@ class GCSBackend(Backend):
                     f"part {prev.number} is {prev.size} bytes: every part but the last must be "
                     f"at least {MIN_PART_SIZE} bytes",
                     key=key,
+                )
+        if if_match is not None and if_none_match:
+            raise ValueError("if_match and if_none_match exclude each other")
+        target_generation: int | None = 0 if if_none_match else None
+        if if_match is not None:
+            target_generation = _generation(if_match)
+            if target_generation is None:
+                raise PreconditionFailed(
+                    f"complete_multipart {self.name}/{key}: etag {if_match!r}", key=key
                 )
         if not _UPLOAD_ID.match(upload_id):
             raise self._no_upload("complete_multipart", key, upload_id)
@@ -598,7 +615,9 @@ class GCSBackend(Backend):
             build = functools.partial(self._compose_group, key, upload_id, level + 1, sources)
             sources = self._map(build, list(enumerate(groups)))
         metadata = {str(k): str(v) for k, v in dict(manifest.get("metadata") or {}).items()}
-        blob = self._compose(key, upload_id, key, sources, metadata=metadata)
+        blob = self._compose(
+            key, upload_id, key, sources, metadata=metadata, if_generation_match=target_generation
+        )
         self._delete_upload(upload_id, sweeps_after_manifest=0)
         return _info(blob)
 
@@ -644,9 +663,11 @@ class GCSBackend(Backend):
         sources: Sequence[_Source],
         *,
         metadata: Mapping[str, str] | None,
+        if_generation_match: int | None = None,
     ) -> Any:
-        """Compose `sources` (deleting them) into `target`; recognise a compose that already
-        happened (a retried complete) by the target's size and component count."""
+        """Compose `sources` (deleting them) into `target`, if its generation is
+        `if_generation_match` (0: only create); recognise a compose that already happened (a
+        retried complete) by the target's size and component count."""
         bucket = self._bucket()
         blob = bucket.blob(target)
         blob.content_type = _CONTENT_TYPE
@@ -656,6 +677,7 @@ class GCSBackend(Backend):
             try:
                 blob.compose(
                     [bucket.blob(s.name) for s in sources],
+                    if_generation_match=if_generation_match,
                     if_source_generation_match=[s.generation for s in sources],
                     delete_source_objects=True,
                     timeout=self._timeout,
@@ -663,6 +685,15 @@ class GCSBackend(Backend):
                 )
                 return blob
             except gexc.PreconditionFailed:
+                # 412 is for the target's condition or a source's: tell which
+                if if_generation_match is not None and self._generation_of(target) != (
+                    if_generation_match
+                ):
+                    raise PreconditionFailed(
+                        f"complete_multipart {self.name}/{key}: the object changed "
+                        "(precondition failed)",
+                        key=key,
+                    ) from None
                 raise BackendError(
                     f"upload {upload_id}: a part changed since it was uploaded (stale etag)",
                     key=key,
@@ -690,6 +721,16 @@ class GCSBackend(Backend):
         ) != sum(s.components for s in sources):
             raise self._no_upload("complete_multipart", key, upload_id)
         return done
+
+    def _generation_of(self, name: str) -> int:
+        """The current generation of object `name`; 0 when there is none (GCS's convention)."""
+        blob = self._blob(name)
+        with self._errors("complete_multipart", name):
+            try:
+                blob.reload(timeout=self._timeout, retry=None)
+            except gexc.NotFound:
+                return 0
+        return int(blob.generation or 0)
 
     def _upload_objects(self, upload_id: str) -> set[str]:
         names: set[str] = set()

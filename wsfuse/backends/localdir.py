@@ -371,7 +371,15 @@ class LocalDirBackend(Backend):
             raise _map_os_error(exc, key) from exc
         return PartInfo(number, etag, len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         udir, manifest = self._upload_dir(key, upload_id)
         if not parts:
             raise BackendError("a multipart upload needs at least one part", key=key)
@@ -400,7 +408,12 @@ class LocalDirBackend(Backend):
                 os.fsync(out.fileno())
             meta = manifest.get("metadata")
             info = self._publish(
-                key, self._path(key), tmp, meta if isinstance(meta, dict) else None, None, False
+                key,
+                self._path(key),
+                tmp,
+                meta if isinstance(meta, dict) else None,
+                if_match,
+                if_none_match,
             )
         except OSError as exc:
             raise _map_os_error(exc, key) from exc

@@ -210,7 +210,15 @@ class MemoryBackend(Backend):
             self._upload(key, upload_id).parts[number] = bytes(data)
         return PartInfo(number, hashlib.md5(data, usedforsecurity=False).hexdigest(), len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         self._enter("complete_multipart", key)
         with self._lock:
             upload = self._upload(key, upload_id)
@@ -236,6 +244,7 @@ class MemoryBackend(Backend):
                     )
                 chunks.append(data)
                 digest.update(bytes.fromhex(part.etag))
+            self._check_precondition(key, if_match, if_none_match)
             del self._uploads[upload_id]
             etag = f"{digest.hexdigest()}-{len(parts)}"
             return self._store(key, b"".join(chunks), etag, upload.metadata)

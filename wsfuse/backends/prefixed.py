@@ -77,8 +77,24 @@ class PrefixedBackend(Backend):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
         return self.inner.upload_part(self.prefix + key, upload_id, number, data)
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
-        return self._strip(self.inner.complete_multipart(self.prefix + key, upload_id, parts))
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        return self._strip(
+            self.inner.complete_multipart(
+                self.prefix + key,
+                upload_id,
+                parts,
+                if_match=if_match,
+                if_none_match=if_none_match,
+            )
+        )
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         self.inner.abort_multipart(self.prefix + key, upload_id)

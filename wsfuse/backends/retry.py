@@ -152,8 +152,18 @@ class RetryingBackend(Backend):
         return self.inner.upload_part(key, upload_id, number, data)
 
     @_retrying
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
-        return self.inner.complete_multipart(key, upload_id, parts)
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
+        return self.inner.complete_multipart(
+            key, upload_id, parts, if_match=if_match, if_none_match=if_none_match
+        )
 
     @_retrying
     def abort_multipart(self, key: str, upload_id: str) -> None:

@@ -431,17 +431,30 @@ class S3Backend(Backend):
             )
         return PartInfo(number=number, etag=_strip(resp["ETag"]), size=len(data))
 
-    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[PartInfo]) -> ObjectInfo:
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: Sequence[PartInfo],
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> ObjectInfo:
         ordered = sorted(parts, key=lambda p: p.number)
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "MultipartUpload": {
+                "Parts": [{"PartNumber": p.number, "ETag": _quote(p.etag)} for p in ordered]
+            },
+        }
+        if if_match is not None:
+            kwargs["IfMatch"] = _quote(if_match)
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
         with self._mapped("complete_multipart", key):
-            resp = self._client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={
-                    "Parts": [{"PartNumber": p.number, "ETag": _quote(p.etag)} for p in ordered]
-                },
-            )
+            resp = self._client.complete_multipart_upload(**kwargs)
         return ObjectInfo(
             key=key,
             size=sum(p.size for p in ordered),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from wsfuse.backends.base import ObjectInfo
-from wsfuse.errors import NotFound
+from wsfuse.errors import BucketNotFound, NotFound, PreconditionFailed
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
@@ -355,15 +355,32 @@ class Mutations:
             current: str | None = (await self.backend.head(key)).etag
         except NotFound:
             current = None
-        target = key
-        if current != base:
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
-            target = f"{key}.wsfuse-conflict-{stamp}"
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
+        conflict = f"{key}.wsfuse-conflict-{stamp}"
+        target = key if current == base else conflict
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         fd = os.open(staging_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             size = os.fstat(fd).st_size
-            await upload_file(self.backend, target, fd, size, meta)  # type: ignore[arg-type]
+            if target == key:
+                # The HEAD above is only a shortcut: the store checks the version again as the
+                # object appears, so a write landing in between is never overwritten.
+                try:
+                    await upload_file(
+                        self.backend,
+                        key,
+                        fd,
+                        size,
+                        meta,  # type: ignore[arg-type]
+                        if_match=base if isinstance(base, str) else None,
+                        if_none_match=base is None,
+                    )
+                except (PreconditionFailed, NotFound) as exc:
+                    if isinstance(exc, BucketNotFound):
+                        raise
+                    target = conflict
+            if target != key:
+                await upload_file(self.backend, target, fd, size, meta)  # type: ignore[arg-type]
         except Exception as exc:
             return f"{key}: upload failed again ({exc}); staged data kept at {staging_path}"
         finally:
@@ -768,22 +785,31 @@ class Mutations:
         old_path = node.path
         self._listing_drop(old_path)
         old_prefix = dir_prefix(old_path)
-        for other in list(self.inodes.values()):
-            if other.unlinked:
-                continue  # replaced or deleted while open: not part of the namespace
-            if other.path == old_path or (node.is_dir and other.path.startswith(old_prefix)):
-                self.by_path.pop((other.path, other.is_dir), None)
-                self.attr_store.drop(other.path)
-                other.path = new_path + other.path[len(old_path) :]
-                self.by_path[(other.path, other.is_dir)] = other.ino
-                version = DIR_VERSION if other.is_dir else other.etag
-                self.attr_store.put(other.path, version, other.attrs)
-                if other.staging is not None:
-                    self._record_pending(other, "open")
+        # Only the inodes the namespace maps to move. A removed inode keeps its last path (the
+        # kernel may still hold it), and one at the same path as a live one must not take the
+        # live one's place (nor its remembered attributes) under the new name.
+        moving = [
+            other
+            for other in self.inodes.values()
+            if not other.unlinked
+            and (other.path == old_path or (node.is_dir and other.path.startswith(old_prefix)))
+            and self.by_path.get((other.path, other.is_dir)) == other.ino
+        ]
+        for other in moving:
+            self.by_path.pop((other.path, other.is_dir), None)
+            self.attr_store.drop(other.path)
+        for other in moving:
+            other.path = new_path + other.path[len(old_path) :]
+            self.by_path[(other.path, other.is_dir)] = other.ino
+            version = DIR_VERSION if other.is_dir else other.etag
+            self.attr_store.put(other.path, version, other.attrs)
+            if other.staging is not None:
+                self._record_pending(other, "open")
         from wsfuse.fs.core import FileHandle  # noqa: PLC0415
 
+        moved = {other.ino for other in moving}
         for handle in self._handles.values():
-            if isinstance(handle, FileHandle) and handle.reader.obj.key.startswith(old_path):
+            if isinstance(handle, FileHandle) and handle.ino in moved:
                 handle.reader.obj = self.inodes[handle.ino].pinned()
         name = new_path.rpartition("/")[2]
         self._listing_put(node, Entry(name, node.is_dir, node.size, node.etag, node.mtime))

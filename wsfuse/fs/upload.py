@@ -35,8 +35,14 @@ async def upload_file(
     multipart_threshold: int = MULTIPART_THRESHOLD,
     parallel_parts: int = PARALLEL_PARTS,
     on_upload_id: object = None,
+    if_match: str | None = None,
+    if_none_match: bool = False,
 ) -> ObjectInfo:
-    """Upload `size` bytes of `fd` to `key`; returns the new object's info or raises."""
+    """Upload `size` bytes of `fd` to `key`; returns the new object's info or raises.
+
+    `if_match` / `if_none_match`: only over that version / only if there is none, checked by
+    the store when the object appears (the PUT, or the multipart completion); otherwise
+    `PreconditionFailed` (or `NotFound`) and nothing changed."""
     meta = dict(metadata)
     if size < multipart_threshold:
 
@@ -44,7 +50,9 @@ async def upload_file(
             data = os.pread(fd, size, 0)
             if len(data) != size:
                 raise BackendError(f"staging file of {key!r} is shorter than {size} bytes", key=key)
-            return backend.backend.put(key, data, metadata=meta)
+            return backend.backend.put(
+                key, data, metadata=meta, if_match=if_match, if_none_match=if_none_match
+            )
 
         return await backend.run_sync(put)
     part_size = part_size_for(size)
@@ -79,7 +87,9 @@ async def upload_file(
             raise failures[0]
         done = [p for p in parts if p is not None]
         return await backend.run_sync(
-            lambda: backend.backend.complete_multipart(key, upload_id, done)
+            lambda: backend.backend.complete_multipart(
+                key, upload_id, done, if_match=if_match, if_none_match=if_none_match
+            )
         )
     except BaseException:
         with trio.CancelScope(shield=True):

@@ -25,9 +25,11 @@ moto's) but, in-process:
   `GET /_wsfuse/stats[?reset=1]` answers requests and bytes by kind as JSON,
   `POST /_wsfuse/reset` resets them, `POST /_wsfuse/latency?ms=20` sets the latency
   (bucket names cannot contain `_`: no S3 request is ever taken for these, nor counted);
-- fixes two moto deviations from S3 that the backend contract meets: a part upload to an
-  aborted/completed upload answers 404 NoSuchUpload (moto: 500), and ListMultipartUploads
-  reports each upload's real initiation time (moto: always 2010-11-10).
+- fixes three moto deviations from S3 that the backend contract meets: a part upload to an
+  aborted/completed upload answers 404 NoSuchUpload (moto: 500), ListMultipartUploads
+  reports each upload's real initiation time (moto: always 2010-11-10), and
+  CompleteMultipartUpload honours `If-Match` (412, or 404 NoSuchKey for a missing object;
+  moto checks only `If-None-Match`).
 
 Moto's state is process-global: every `S3TestServer` in one process sees the same buckets.
 Credentials are not checked (moto's default), unless started with `require_auth=True` (which
@@ -698,6 +700,12 @@ class S3TestServer:
                 )
                 return self._respond(entry, start, method, 404, body, [])
 
+            if kind == COMPLETE_MPU and environ.get("HTTP_IF_MATCH") is not None:
+                refused = _complete_refused(bucket, key, str(environ["HTTP_IF_MATCH"]))
+                if refused is not None:
+                    _drain(environ)
+                    return self._respond(entry, start, method, *refused, [])
+
             if kind == GET and self.fast_ranges:
                 answer = self._range_get(environ, bucket, key, set(query) - _IGNORED_PARAMS)
                 if answer is not None:
@@ -877,6 +885,33 @@ class S3TestServer:
 
 
 _NEEDS_UPLOAD = frozenset({UPLOAD_PART, UPLOAD_PART_COPY, COMPLETE_MPU, LIST_PARTS})
+
+
+def _complete_refused(
+    bucket: str | None, key: str | None, if_match: str
+) -> tuple[int, bytes] | None:
+    """(status, body) of a CompleteMultipartUpload whose `If-Match` does not hold, as S3
+    answers it; None when it holds, or when unsure (moto then completes unconditionally)."""
+    if not bucket or not key or not _auth_disabled():
+        return None
+    fake_bucket = _s3_backend().buckets.get(bucket)
+    if fake_bucket is None:
+        return None
+    resource = f"/{bucket}/{key}"
+    obj = fake_bucket.keys.get(key)
+    if not isinstance(obj, moto.s3.models.FakeKey):
+        body = _error_xml("NoSuchKey", "The specified key does not exist.", resource, Key=key)
+        return 404, body
+    wanted = {t.strip().strip('"') for t in if_match.split(",")}
+    if "*" in wanted or str(obj.etag).strip('"') in wanted:
+        return None
+    body = _error_xml(
+        "PreconditionFailed",
+        "At least one of the pre-conditions you specified did not hold",
+        resource,
+        Condition="If-Match",
+    )
+    return 412, body
 
 
 def _upload_exists(bucket: str | None, upload_id: str) -> bool:
