@@ -361,7 +361,7 @@ class Reader:
 
     def __init__(self, fetcher: BlockFetcher, obj: PinnedObject, config: MountConfig) -> None:
         self.fetcher = fetcher
-        self.obj = obj
+        self._obj = obj
         bs = config.block_size
         self.block_size = bs
         self.fetch_blocks = max(1, config.fetch_size // bs)
@@ -374,6 +374,19 @@ class Reader:
         # The block the last sequential read ended inside of: the next read starts in it, and
         # read-ahead has already handed it over. At most one block per unaligned reader.
         self.last: tuple[int, bytes] | None = None
+
+    @property
+    def obj(self) -> PinnedObject:
+        return self._obj
+
+    @obj.setter
+    def obj(self, obj: PinnedObject) -> None:
+        """Re-pinned (the file was renamed, or its metadata rewritten): blocks read ahead
+        under the old identity are let go."""
+        if obj != self._obj:
+            self.cancel_readahead()
+            self.last = None
+        self._obj = obj
 
     async def read(self, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, self.obj.size)
