@@ -255,9 +255,8 @@ class Mutations:
             self._forget_pending(node)
             if node.etag:
                 node.validated_at = 0.0  # back to the bucket's version, whatever its size
-            else:  # created here and never uploaded: it never existed in the bucket
+            elif self._unmap(node):  # created here, never uploaded: never in the bucket
                 self._listing_drop(node.path)
-                self.by_path.pop((node.path, False), None)
             return
         if staging is None or (staging.dirty and not node.unlinked):
             return
@@ -490,13 +489,22 @@ class Mutations:
         self._detach(node)
         await self._keep_parent(node.path)
 
+    def _unmap(self, node: Inode) -> bool:
+        """Take `node`'s path out of the lookup map if it still names `node` (a removed inode
+        keeps its last path, which a live one may have taken since); whether it did."""
+        key = (node.path, node.is_dir)
+        if self.by_path.get(key) != node.ino:
+            return False
+        del self.by_path[key]
+        return True
+
     def _detach(self, node: Inode) -> None:
         """Take `node` out of the namespace; its data lives on in staging while open."""
         if node.stream is not None:
             node.stream.broken = True  # its upload is aborted when the stream is next used
-        self._listing_drop(node.path)
-        self.attr_store.drop(node.path)
-        self.by_path.pop((node.path, node.is_dir), None)
+        if self._unmap(node):
+            self._listing_drop(node.path)
+            self.attr_store.drop(node.path)
         if node.staging is not None:
             node.unlinked = True
             self._forget_pending(node)
