@@ -20,11 +20,13 @@ import email.utils
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.exceptions
+import botocore.session
+import botocore.utils
 import urllib3.exceptions
 from botocore.config import Config
 
@@ -125,6 +127,20 @@ def _strip(etag: str) -> str:
 
 def _quote(etag: str) -> str:
     return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
+
+
+def _parse_timestamp(value: str) -> datetime:
+    """botocore's timestamp parser, fast: S3 XML has ISO 8601 (`datetime.fromisoformat`, in C)
+    and headers RFC 1123 dates. botocore's default (dateutil) took ~15% of the daemon's CPU
+    while listing a 10,000-key directory: every key's LastModified goes through it."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return botocore.utils.parse_timestamp(value)  # epoch seconds and other rarities
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _timestamp(value: datetime) -> float:
@@ -254,7 +270,11 @@ class S3Backend(Backend):
             tcp_keepalive=True,
         )
         try:
-            session = boto3.session.Session(profile_name=options.profile)
+            core = botocore.session.get_session()
+            core.get_component("response_parser_factory").set_parser_defaults(
+                timestamp_parser=_parse_timestamp
+            )
+            session = boto3.session.Session(profile_name=options.profile, botocore_session=core)
             # (resolves the credential chain now: a broken profile fails here, not mid-read)
             self._client: S3Client = session.client(
                 "s3",
