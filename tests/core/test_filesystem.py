@@ -131,6 +131,31 @@ async def test_a_change_after_the_lookup_is_listed(h: Harness) -> None:
     h.fs.releasedir(fh)
 
 
+async def test_attributes_of_a_dataset_without_metadata_cost_a_sample_of_heads(
+    h: Harness,
+) -> None:
+    for i in range(200):
+        h.backend.put(f"ds/{i:04d}", b"x")  # uploaded by another tool: no POSIX metadata
+    await h.fs.lookup(ROOT_INO, "ds")
+    heads = h.backend.counts["head"]
+    await h.fs.listing("ds")
+    assert h.backend.counts["head"] - heads <= 16
+
+
+async def test_attributes_are_learned_when_the_objects_carry_them(h: Harness) -> None:
+    for i in range(60):
+        meta = {"mode": str(0o100640 if i % 2 else 0o100600)}
+        h.backend.put(f"own/{i:04d}", b"x", metadata=meta)
+    await h.fs.lookup(ROOT_INO, "own")
+    h.fs.listings.clear()
+    await h.fs.listing("own")
+    own = await h.fs.lookup(ROOT_INO, "own")
+    heads = h.backend.counts["head"]
+    modes = [(await h.fs.lookup(own.ino, f"{i:04d}")).attrs.mode for i in range(60)]
+    assert h.backend.counts["head"] == heads  # all known from the listing's HEADs
+    assert modes == [0o100640 if i % 2 else 0o100600 for i in range(60)]
+
+
 async def test_negative_lookups_are_cached(h: Harness) -> None:
     for _ in range(3):
         with pytest.raises(FsError):

@@ -43,6 +43,8 @@ ROOT_INO = 1
 DIRS_DB = "dirs"
 
 
+# Keys HEADed first to learn whether a listed directory's objects carry POSIX metadata.
+ATTRIBUTE_SAMPLE = 16
 # First listing pages kept from lookups (a page holds up to 1,000 keys), and for how long:
 # `ls`, `os.walk` and `find` list a directory right after looking it up.
 FIRST_PAGES_KEPT = 16
@@ -350,7 +352,8 @@ class Filesystem(Mutations):
     async def _learn_attributes(self, path: str, pages: list[ListPage], listing: Listing) -> None:
         """POSIX attributes of the listed entries: from the listing where the store includes
         metadata (GCS), else by HEADs, but only for directories small enough that the HEADs
-        cost less than the `ls -l` they make right (S3 lists no metadata)."""
+        cost less than the `ls -l` they make right (S3 lists no metadata), and only if a
+        sample of them shows that the objects have any."""
         learned: list[tuple[str, str, PosixAttrs]] = []
         unknown: list[Entry] = []
         with_meta = {o.key: o for p in pages for o in p.objects if o.metadata is not None}
@@ -366,8 +369,10 @@ class Filesystem(Mutations):
                 unknown.append(entry)
         if unknown and len(listing.entries) <= self.config.metadata_heads_max:
             limiter = trio.CapacityLimiter(16)
+            with_posix = 0
 
             async def head(entry: Entry) -> None:
+                nonlocal with_posix
                 child = child_path(path, entry.name)
                 async with limiter:
                     try:
@@ -376,11 +381,23 @@ class Filesystem(Mutations):
                         return
                 if entry.is_dir or info.etag == entry.etag:
                     version = DIR_VERSION if entry.is_dir else info.etag
-                    learned.append((child, version, posixmeta.decode(info.metadata)))
+                    attrs = posixmeta.decode(info.metadata)
+                    with_posix += attrs != PosixAttrs()
+                    learned.append((child, version, attrs))
 
-            async with trio.open_nursery() as nursery:
-                for entry in unknown:
-                    nursery.start_soon(head, entry)
+            async def heads(entries: list[Entry]) -> None:
+                async with trio.open_nursery() as nursery:
+                    for entry in entries:
+                        nursery.start_soon(head, entry)
+
+            # A sample first, spread over the directory: objects uploaded by other tools
+            # (a dataset) carry no POSIX metadata, and then a HEAD per key buys nothing.
+            step = max(1, len(unknown) // ATTRIBUTE_SAMPLE)
+            sample = unknown[::step][:ATTRIBUTE_SAMPLE]
+            await heads(sample)
+            if with_posix:
+                sampled = {id(e) for e in sample}
+                await heads([e for e in unknown if id(e) not in sampled])
         self.attr_store.put_many(learned)
 
     def opendir(self, ino: int) -> int:
