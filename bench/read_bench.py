@@ -48,16 +48,13 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -65,27 +62,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from wsfuse.testing.ramp import ramp  # noqa: E402
+from bench.harness.env import BUCKET, PYTHON, RESULTS, ROOT, GiB, MiB, log, parse_size
+from bench.harness.gitstate import git_state
+from bench.harness.meter import Meter, Sample
+from bench.harness.mount import Mount
+from bench.harness.mount import wsfuse_status as daemon_stats
+from bench.harness.procs import drop_caches, sigterm_as_interrupt, wait_for_quiet
+from bench.harness.server import (
+    PART,
+    Server,
+    s3_client,
+    seed,
+    write_local_copy,
+)
+from bench.harness.watchdog import watchdog
+from wsfuse.testing.ramp import ramp
 
-MiB = 1 << 20
-GiB = 1 << 30
-BUCKET = "bench"
 KEY = "data/ramp.bin"
 RSS_KEY = "data/ramp-rss.bin"
-PART = 8 * MiB
 READ_SIZE = MiB
 # A run during which other processes used more than this many cores is not "clean".
 BUSY_OTHERS_MAX = 0.25
 # Page-cache re-reads take ~0.3 s per GiB: each round measures this many passes.
 PAGE_CACHE_PASSES = 3
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 # How the wsfuse daemon is started (`--daemon-cmd` replaces it, e.g. to try a patched build).
 WSFUSE_ARGV = [PYTHON, "-m", "wsfuse"]
-RESULTS = ROOT / "bench" / "results"
 
 TARGETS = {
     "cold": 0.8,  # cold read / min(boto3 ceiling, passthrough ceiling)
@@ -94,180 +97,8 @@ TARGETS = {
     "rss_mib": 300,
 }
 
-# Network only to 127.0.0.1, fake credentials, no metadata-server lookups.
-ENV = {
-    **os.environ,
-    "AWS_ACCESS_KEY_ID": "wsfuse-bench",
-    "AWS_SECRET_ACCESS_KEY": "wsfuse-bench-secret",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-    "NO_PROXY": "127.0.0.1,localhost",
-    "no_proxy": "127.0.0.1,localhost",
-}
-ENV.pop("AWS_PROFILE", None)
-for _name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
-    ENV.pop(_name, None)
-os.environ.update({k: v for k, v in ENV.items() if k.startswith(("AWS_", "NO_", "no_"))})
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": MiB, "G": GiB, "T": 1 << 40}
-    text = text.strip().upper().removesuffix("IB").removesuffix("B")
-    if text and text[-1] in units:
-        return int(float(text[:-1]) * units[text[-1]])
-    return int(text)
-
 
 # ---------------------------------------------------------------------------- processes
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def self_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot (all cores)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # without guest time (already in user)
-    return (total - idle) / CLK_TCK, total / CLK_TCK
-
-
-def wait_for_quiet(max_wait: float, threshold: float = 0.25) -> float:
-    """Wait (up to `max_wait` s) until the machine is nearly idle: other sessions may share
-    its 2 cores. Returns the busy cores of the last 0.5 s sample."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        b0, _ = machine_busy()
-        time.sleep(0.5)
-        b1, _ = machine_busy()
-        busy = (b1 - b0) / 0.5
-        if busy <= threshold or time.monotonic() > deadline:
-            return busy
-        time.sleep(0.5)
-
-
-def vm_status(pid: int) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(("VmHWM:", "VmRSS:")):
-                    name, value, _unit = line.split()
-                    out[name.rstrip(":")] = int(value) * 1024
-    except OSError:
-        pass
-    return out
-
-
-def drop_caches() -> None:
-    os.sync()
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
-
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
-
-
-def unmount(path: Path) -> None:
-    if not is_mounted(path):
-        return
-    subprocess.run(["fusermount3", "-u", str(path)], capture_output=True, check=False)
-    if is_mounted(path):
-        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, check=False)
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 20) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def read_ahead_path(mountpoint: Path) -> Path:
-    st = os.stat(mountpoint)
-    return Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
-
-
-@dataclass
-class Mount:
-    """A FUSE daemon (wsfuse or the passthrough) running in the foreground as a subprocess."""
-
-    name: str
-    argv: list[str]
-    path: Path
-    log_file: Path
-    proc: subprocess.Popen[bytes] | None = None
-    st_dev: int = 0
-    read_ahead_kb: int = 0
-
-    def start(self, timeout: float = 60) -> Mount:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ENV
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.log()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} not mounted after {timeout}s: {self.log()}")
-            if is_mounted(self.path):
-                with contextlib.suppress(OSError):
-                    os.statvfs(self.path)
-                    ra = read_ahead_path(self.path)
-                    # Both daemons set read_ahead_kb right after the mount answers.
-                    if ra.read_text().strip() == "1024":
-                        break
-            time.sleep(0.02)
-        self.st_dev = os.stat(self.path).st_dev
-        self.read_ahead_kb = int(read_ahead_path(self.path).read_text())
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def abort(self) -> None:
-        """Abort the FUSE connection: blocked reads fail with ENOTCONN instead of hanging."""
-        with contextlib.suppress(OSError):
-            Path(f"/sys/fs/fuse/connections/{os.minor(self.st_dev)}/abort").write_text("1")
-
-    def stop(self) -> None:
-        unmount(self.path)
-        stop_process(self.proc)
-        unmount(self.path)
-        self.proc = None
 
 
 CUMULATIVE_STATS = frozenset(
@@ -285,236 +116,7 @@ CUMULATIVE_STATS = frozenset(
 )
 
 
-def daemon_stats(mount: Mount | None) -> dict[str, Any]:
-    """`wsfuse status` of a wsfuse mount (its numeric counters), or {}."""
-    if mount is None or mount.name != "wsfuse":
-        return {}
-    try:
-        from wsfuse.mount import read_status  # pyfuse3 and trio only when needed
-
-        status = read_status(mount.path)
-    except Exception as exc:
-        log(f"cannot read the status of {mount.path}: {exc}")
-        return {}
-    return {k: v for k, v in status.items() if isinstance(v, int | float)}
-
-
-@contextlib.contextmanager
-def watchdog(seconds: float, mount: Mount | None, what: str) -> Iterator[None]:
-    fired = threading.Event()
-
-    def fire() -> None:
-        fired.set()
-        log(f"TIMEOUT: {what} took more than {seconds:.0f}s: aborting the FUSE connection")
-        if mount is not None:
-            mount.abort()
-
-    timer = threading.Timer(seconds, fire)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-    if fired.is_set():
-        raise TimeoutError(f"{what} took more than {seconds:.0f}s")
-
-
-class Server:
-    """`python -m wsfuse.testing.s3server` in its own process, controlled over its admin path."""
-
-    def __init__(self, log_file: Path) -> None:
-        self.log_file = log_file
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-    def start(self) -> Server:
-        with open(self.log_file, "ab") as err:
-            self.proc = subprocess.Popen(
-                [PYTHON, "-m", "wsfuse.testing.s3server", "--port", "0", "--bucket", BUCKET],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=ENV,
-                text=True,
-                cwd=ROOT,
-            )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("http"):
-            raise RuntimeError(f"S3 server did not start: {line!r}, see {self.log_file}")
-        self.url = line
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def _call(self, method: str, path: str) -> Any:
-        req = urllib.request.Request(f"{self.url}/_wsfuse/{path}", method=method)
-        with self._opener.open(req, timeout=30) as resp:
-            return json.loads(resp.read())
-
-    def set_latency(self, ms: float) -> None:
-        self._call("POST", f"latency?ms={ms}")
-
-    def stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
-        result: dict[str, dict[str, int]] = self._call("GET", "stats?reset=1" if reset else "stats")
-        return result
-
-    def reset(self) -> None:
-        self._call("POST", "reset")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-
-def s3_client(url: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    cfg = Config(
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        s3={"addressing_style": "path"},
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        max_pool_connections=32,
-    )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=ENV["AWS_SECRET_ACCESS_KEY"],
-        config=cfg,
-    )
-
-
-def seed(client: Any, key: str, size: int) -> float:
-    """Multipart-upload `size` bytes of ramp data as `key`; returns MB/s."""
-    t0 = time.perf_counter()
-    upload = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
-
-    def put(number: int) -> dict[str, Any]:
-        off = (number - 1) * PART
-        body = ramp(key, off, min(PART, size - off))
-        etag = client.upload_part(
-            Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=body
-        )["ETag"]
-        return {"PartNumber": number, "ETag": etag}
-
-    with ThreadPoolExecutor(8) as pool:
-        parts = list(pool.map(put, range(1, -(-size // PART) + 1)))
-    client.complete_multipart_upload(
-        Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
-    )
-    return size / (time.perf_counter() - t0) / 1e6
-
-
-def write_local_copy(path: Path, key: str, size: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        for off in range(0, size, PART):
-            f.write(ramp(key, off, min(PART, size - off)))
-
-
 # ---------------------------------------------------------------------------- measuring
-
-
-@dataclass
-class Sample:
-    """One measured workload."""
-
-    bytes: int = 0
-    seconds: float = 0.0
-    ops: int = 0
-    server: dict[str, dict[str, int]] = field(default_factory=dict)
-    cpu: dict[str, float] = field(default_factory=dict)
-    rss: dict[str, int] = field(default_factory=dict)
-    latencies_ms: list[float] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mbps(self) -> float:
-        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 4),
-            "MB/s": round(self.mbps, 1),
-            "server": self.server,
-            "cpu_s": {k: round(v, 3) for k, v in self.cpu.items()},
-            "rss": self.rss,
-            **self.extra,
-        }
-        if self.ops:
-            out["ops"] = self.ops
-            out["ops/s"] = round(self.ops / self.seconds, 1)
-        if self.latencies_ms:
-            lat = sorted(self.latencies_ms)
-            out["p50_ms"] = round(lat[len(lat) // 2], 3)
-            out["p99_ms"] = round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 3)
-        return out
-
-
-class Meter:
-    """CPU seconds of the server, a daemon, this process and the kernel's threads, and of the
-    whole machine (the rest is other sessions' work on the shared cores), and server stats."""
-
-    def __init__(self, server: Server, daemon: Mount | None) -> None:
-        self.server = server
-        self.daemon = daemon
-
-    def _snapshot(self) -> dict[str, float]:
-        return {
-            "server": cpu_seconds(self.server.pid),
-            "daemon": cpu_seconds(self.daemon.pid) if self.daemon else 0.0,
-            "reader": self_cpu(),
-            "kernel_threads": kernel_threads_cpu(),
-            "machine_busy": machine_busy()[0],
-        }
-
-    def __enter__(self) -> Meter:
-        self.server.reset()
-        self.start = self._snapshot()
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.elapsed = time.perf_counter() - self.t0
-        self.end = self._snapshot()
-
-    def fill(self, sample: Sample) -> Sample:
-        cpu = {k: self.end[k] - self.start[k] for k in self.start}
-        if self.daemon is None:
-            del cpu["daemon"]
-        else:
-            sample.rss = vm_status(self.daemon.pid)
-        ours = sum(v for k, v in cpu.items() if k != "machine_busy")
-        cpu["others"] = max(0.0, cpu["machine_busy"] - ours)
-        sample.cpu = cpu
-        sample.server = self.server.stats()
-        return sample
-
-
-def kernel_threads_cpu() -> float:
-    """CPU seconds of all kernel threads (writeback, softirq, ...) since they started."""
-    total = 0
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[6]) & 0x00200000:  # PF_KTHREAD
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
 
 
 def sequential_read(path: Path, key: str, size: int, *, verify_every: int = 16) -> Sample:
@@ -1076,29 +678,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def git_state() -> tuple[str, bool]:
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                check=False,
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-        )
-    except OSError:
-        return "unknown", False
-    return rev or "unknown", dirty
-
-
 def render(path: Path) -> int:
     """Recompute the ratios of a saved result with this version's rules; rewrite its Markdown."""
     result = json.loads(path.read_text())
@@ -1173,10 +752,7 @@ def main() -> int:
     bench: Bench | None = None
     interrupted = False
 
-    def on_term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    sigterm_as_interrupt()
     try:
         server.start()
         log(f"S3 server pid {server.pid} at {server.url}; workdir {work}")

@@ -1,0 +1,277 @@
+"""bench/run: wsfuse side by side with s3fs-fuse, rclone and the ceilings, in one run.
+
+    bench/run [--quick] [--latency 20] [--peers wsfuse,s3fs,rclone]
+              [--only seq,random,small,list,write] [--render JSON]
+
+As root (mounts, drop_caches, read_ahead_kb, apt-get for missing peers). Starts the local S3
+server in its own process, seeds the data sets without latency, measures the ceilings, then
+mounts each filesystem in turn and runs the workloads; prints one table and writes
+bench/results/run-<stamp>.json, run-<stamp>.png, run-latest.md and run-latest.png. Every mount,
+the server and the scratch directory are cleaned up on any exit, Ctrl-C included; only the
+processes this run started are stopped, by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.compare import ceilings, workloads
+from bench.compare.context import Ctx, OutOfTime
+from bench.compare.data import DataSets, local_copies, seed_all
+from bench.compare.filesystems import specs, versions
+from bench.compare.report import finish
+from bench.harness.env import MiB, log, parse_size
+from bench.harness.gitstate import git_state
+from bench.harness.procs import sigterm_as_interrupt
+from bench.harness.server import Server, s3_client
+
+GROUPS = ("seq", "random", "small", "list", "write")
+RUNNERS = {
+    "seq": workloads.sequential,
+    "random": workloads.random_reads,
+    "small": workloads.small_files,
+    "list": workloads.listing,
+    "write": workloads.writes,
+}
+APT = {"s3fs": "s3fs", "rclone": "rclone", "fio": "fio"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick", action="store_true", help="1 run each, 20 ms only, short budgets (< ~20 min)"
+    )
+    p.add_argument(
+        "--latency",
+        type=float,
+        action="append",
+        help="ms (repeatable; default 0 and 20, --quick: 20)",
+    )
+    p.add_argument("--peers", default="wsfuse,s3fs,rclone", help="filesystems to mount, in order")
+    p.add_argument("--only", help=f"workload groups, comma-separated: {','.join(GROUPS)}")
+    p.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
+    p.add_argument("--repeat", type=int, help="runs per workload (default 3, --quick 1)")
+    p.add_argument("--size", type=parse_size, default=1 << 30, help="the big object (default 1G)")
+    p.add_argument("--small-count", type=int, default=2000)
+    p.add_argument("--list-count", type=int, default=10_000)
+    p.add_argument("--creates", type=int, default=1000, help="64 KiB files created (default 1000)")
+    p.add_argument(
+        "--small-budget", type=float, help="s per small-file pass (default 120, --quick 15)"
+    )
+    p.add_argument(
+        "--create-budget", type=float, help="s for the creates (default 300, --quick 30)"
+    )
+    p.add_argument("--fio-runtime", type=float, help="s per fio job (default 20, --quick 6)")
+    p.add_argument("--timeout", type=float, default=300, help="s per workload before aborting")
+    p.add_argument(
+        "--quiet-wait", type=float, help="s to wait for an idle machine (default 10, --quick 2)"
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        help="minutes for the whole run; then skip the rest (default 150, --quick 22)",
+    )
+    p.add_argument(
+        "--workdir", type=Path, help="scratch directory (default: a temp dir in /var/tmp)"
+    )
+    p.add_argument("--keep-workdir", action="store_true")
+    p.add_argument("--no-install", action="store_true", help="do not apt-get missing peers/fio")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only re-render a saved result")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.repeat = args.repeat or (1 if q else 3)
+    args.latencies = args.latency or ([20.0] if q else [0.0, 20.0])
+    args.small_budget = args.small_budget or (15.0 if q else 120.0)
+    args.create_budget = args.create_budget or (30.0 if q else 300.0)
+    args.fio_runtime = args.fio_runtime or (6.0 if q else 20.0)
+    args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if q else 10.0)
+    args.budget = args.budget or (22.0 if q else 150.0)
+    args.groups = [g.strip() for g in (args.only or ",".join(GROUPS)).split(",") if g.strip()]
+    bad = [g for g in args.groups if g not in GROUPS]
+    if bad:
+        p.error(f"unknown workload group(s) {bad}; choose from {GROUPS}")
+    args.fs = [f.strip() for f in args.peers.split(",") if f.strip()]
+    return args
+
+
+def ensure_tools(args: argparse.Namespace, skipped: list[str]) -> None:
+    """apt-get what is missing (as root), else say what is missing and skip it."""
+    need = [f for f in args.fs if f in APT]
+    if "random" in args.groups:
+        need.append("fio")
+    missing = [t for t in need if shutil.which(t) is None]
+    if missing and not args.no_install and os.geteuid() == 0:
+        log(f"installing {missing} with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *[APT[t] for t in missing]],
+            check=False,
+            env=env,
+            timeout=900,
+        )
+    for t in need:
+        if shutil.which(t) is None:
+            skipped.append(f"{t}: not installed (apt-get install -y {APT[t]}); skipped")
+            log(skipped[-1])
+            if t == "fio":
+                args.groups = [g for g in args.groups if g != "random"]
+            else:
+                args.fs = [f for f in args.fs if f != t]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        import json
+
+        print(finish(json.loads(args.render.read_text()), args.render))
+        return 0
+    if os.geteuid() != 0:
+        print("bench/run: run as root (mounts, drop_caches, read_ahead_kb)", file=sys.stderr)
+        return 2
+    started = time.time()
+    skipped: list[str] = []
+    ensure_tools(args, skipped)
+    data = DataSets(big_size=args.size, small_count=args.small_count, list_count=args.list_count)
+    g = set(args.groups)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="wsfuse-bench-run-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    server = Server(work / "s3server.log")
+    ctx: Ctx | None = None
+    interrupted = False
+    sigterm_as_interrupt()
+    try:
+        server.start()
+        log(f"S3 server pid {server.pid} at {server.url}; workdir {work}")
+        client = s3_client(server.url)
+        server.set_latency(0)
+        ctx = Ctx(args, work, server, client, data, time.monotonic() + args.budget * 60)
+        seed_all(
+            client, data, big=bool(g & {"seq", "random"}), small="small" in g, listing="list" in g
+        )
+        fs_specs = specs(server.url, work)
+        ctx.options = {
+            name: fs_specs[name].describe()
+            for name in [*args.fs, "passthrough"]
+            if name in fs_specs
+        }
+        if not args.no_ceilings and g & {"seq", "list", "write"}:
+            local_root = local_copies(
+                work / "local", data, big=bool(g & {"seq", "write"}), listing="list" in g
+            )
+            if g & {"seq", "list"}:
+                _guard(
+                    ctx,
+                    "local ceilings",
+                    lambda: ceilings.local(ctx, local_root, big="seq" in g, listing="list" in g),
+                )
+        for lat in args.latencies:
+            server.set_latency(lat)
+            ctx.peak_rss.clear()
+            if not args.no_ceilings:
+                if g & {"seq", "random"}:
+                    _guard(ctx, "boto3 GET ceilings", lambda: ceilings.boto3_get(ctx))
+                if "small" in g:
+                    _guard(ctx, "boto3 small ceilings", lambda: ceilings.boto3_small(ctx))
+                if "list" in g:
+                    _guard(ctx, "boto3 LIST ceiling", lambda: ceilings.boto3_list(ctx))
+                if "write" in g:
+                    _guard(
+                        ctx,
+                        "boto3 write ceilings",
+                        lambda: ceilings.boto3_writes(ctx, work / "local" / "data" / "big.bin"),
+                    )
+            for fs in args.fs:
+                spec = fs_specs.get(fs)
+                if spec is None or fs == "passthrough":
+                    skipped.append(f"unknown filesystem {fs!r}")
+                    continue
+                for group in args.groups:
+                    _guard(
+                        ctx,
+                        f"{fs} {group}",
+                        lambda spec=spec, group=group: RUNNERS[group](ctx, spec),
+                    )
+                if fs in ctx.peak_rss:
+                    from bench.harness.meter import Sample
+
+                    ctx.add(fs, "daemon_peak_rss", [(ctx.peak_rss[fs] / MiB, Sample())], "MiB")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted: cleaning up")
+    finally:
+        if ctx is not None:
+            ctx.release_all()
+        server.stop()
+        if not args.keep_workdir and args.workdir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    if ctx is None:
+        return 1
+    commit, dirty = git_state()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    result = {
+        "meta": {
+            "timestamp": stamp,
+            "command": " ".join(["bench/run", *(argv if argv is not None else sys.argv[1:])]),
+            "cpus": os.cpu_count(),
+            "kernel": platform.release(),
+            "python": platform.python_version(),
+            "commit": commit,
+            "dirty": dirty,
+            "repeat": args.repeat,
+            "latencies_ms": args.latencies,
+            "groups": args.groups,
+            "filesystems": args.fs,
+            "data": {
+                "big": data.big_size,
+                "small": data.small_count,
+                "list": data.list_count,
+                "creates": args.creates,
+            },
+            "budgets_s": {
+                "small": args.small_budget,
+                "create": args.create_budget,
+                "fio": args.fio_runtime,
+            },
+            "options": ctx.options,
+            "versions": versions(),
+            "skipped": skipped,
+            "failures": ctx.failures + (["interrupted (partial result)"] if interrupted else []),
+            "wall_seconds": round(time.time() - started, 1),
+        },
+        "rows": ctx.results,
+    }
+    text = finish(result, latest=not interrupted)
+    print(text)
+    log(f"done in {time.time() - started:.0f}s: bench/results/run-{stamp}.json, run-latest.md")
+    return 1 if interrupted else 0
+
+
+def _guard(ctx: Ctx, what: str, fn) -> None:
+    """Run one part; a failure is recorded and the run goes on; out of time skips it."""
+    try:
+        ctx.check_time(what)
+        fn()
+    except OutOfTime as exc:
+        ctx.failures.append(f"{what}: skipped, the time budget was spent ({exc})")
+        log(ctx.failures[-1])
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        ctx.failures.append(f"{what}: {type(exc).__name__}: {exc}"[:600])
+        log(f"FAILED {ctx.failures[-1]}")
+        ctx.release_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The ceilings, measured in the same run through the same server latency: what boto3 can get
+from this server, what a plain local file gives, and what a minimal Python FUSE passthrough
+over a local copy gives (the Python-FUSE ceiling for a perfect cache)."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.compare import ops
+from bench.compare.context import Ctx
+from bench.compare.data import BIG_KEY, LIST_PREFIX, SMALL_SIZE, delete_prefix
+from bench.compare.filesystems import passthrough_mount
+from bench.harness.env import BUCKET, KiB, MiB
+from bench.harness.meter import Sample
+
+PAGE_CACHE_PASSES = 3
+
+
+def _repeat(ctx: Ctx, fn: Any, n: int | None = None) -> list[tuple[float, Sample]]:
+    return [fn() for _ in range(n or ctx.args.repeat)]
+
+
+def boto3_get(ctx: Ctx) -> None:
+    """Single-stream GET of the 1 GiB object, and the best of 4/8/16 parallel 8 MiB ranges."""
+    size = ctx.data.big_size
+
+    def single() -> Sample:
+        t0 = time.perf_counter()
+        body = ctx.client.get_object(Bucket=BUCKET, Key=BIG_KEY)["Body"]
+        total = 0
+        while chunk := body.read(MiB):
+            total += len(chunk)
+        body.close()
+        assert total == size
+        return Sample(bytes=total, seconds=time.perf_counter() - t0)
+
+    def m_single() -> tuple[float, Sample]:
+        s = ctx.measure("boto3 single GET", single)
+        return s.mbps, s
+
+    ctx.add("ceiling", "boto3_single_get", _repeat(ctx, m_single), "MB/s")
+
+    def ranged(threads: int) -> Sample:
+        def get(off: int) -> int:
+            end = min(off + 8 * MiB, size) - 1
+            body = ctx.client.get_object(Bucket=BUCKET, Key=BIG_KEY, Range=f"bytes={off}-{end}")
+            data = body["Body"].read()
+            body["Body"].close()
+            return len(data)
+
+        with ThreadPoolExecutor(threads) as pool:
+            t0 = time.perf_counter()
+            total = sum(pool.map(get, range(0, size, 8 * MiB)))
+            elapsed = time.perf_counter() - t0
+        assert total == size
+        return Sample(bytes=total, seconds=elapsed, extra={"threads": threads})
+
+    best: list[tuple[float, Sample]] = []
+    by_threads = {}
+    for threads in (4, 8, 16):
+        runs = [ctx.measure(f"boto3 ranged x{threads}", lambda t=threads: ranged(t))]
+        runs += [ranged(threads) for _ in range(ctx.args.repeat - 1)]
+        rates = sorted(s.mbps for s in runs)
+        by_threads[threads] = round(rates[len(rates) // 2], 1)
+        if not best or by_threads[threads] > best[0][0]:
+            best = [(by_threads[threads], runs[0])]
+    ctx.add("ceiling", "boto3_ranged_best", best, "MB/s", by_threads=by_threads)
+
+
+def boto3_small(ctx: Ctx) -> None:
+    """GETs of the 128 KiB objects at 1, 8 and 32 concurrent requests (files/s)."""
+    keys = ctx.data.small_keys()
+    for conc in (1, 8, 32):
+
+        def run(conc: int = conc) -> Sample:
+            deadline = time.perf_counter() + ctx.args.small_budget
+
+            def get(key: str) -> int:
+                if time.perf_counter() > deadline:
+                    return 0
+                body = ctx.client.get_object(Bucket=BUCKET, Key=key)["Body"]
+                n = len(body.read())
+                body.close()
+                assert n == SMALL_SIZE
+                return 1
+
+            with ThreadPoolExecutor(conc) as pool:
+                t0 = time.perf_counter()
+                n = sum(pool.map(get, keys))
+                elapsed = time.perf_counter() - t0
+            return Sample(bytes=n * SMALL_SIZE, seconds=elapsed, ops=n, extra={"conc": conc})
+
+        def m(run: Any = run, conc: int = conc) -> tuple[float, Sample]:
+            s = ctx.measure(f"boto3 small x{conc}", run)
+            return s.ops / s.seconds, s
+
+        ctx.add("ceiling", f"boto3_small_get_{conc}", _repeat(ctx, m), "files/s")
+
+
+def boto3_writes(ctx: Ctx, local_big: Path) -> None:
+    """boto3 multipart upload of 1 GiB (upload_file, 8 MiB parts, 10 threads: boto3's
+    defaults) and serial PUTs of 64 KiB objects."""
+    from boto3.s3.transfer import TransferConfig
+
+    cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB)
+
+    def mpu() -> tuple[float, Sample]:
+        def run() -> Sample:
+            t0 = time.perf_counter()
+            ctx.client.upload_file(str(local_big), BUCKET, "ceil/mpu.bin", Config=cfg)
+            return Sample(bytes=ctx.data.big_size, seconds=time.perf_counter() - t0)
+
+        s = ctx.measure("boto3 multipart upload", run)
+        with ctx.server.no_latency():
+            ctx.client.delete_object(Bucket=BUCKET, Key="ceil/mpu.bin")
+        return s.mbps, s
+
+    ctx.add("ceiling", "boto3_multipart_1g", _repeat(ctx, mpu), "MB/s")
+
+    body = b"x" * (64 * KiB)
+
+    def puts() -> tuple[float, Sample]:
+        def run() -> Sample:
+            t0 = time.perf_counter()
+            deadline = t0 + ctx.args.create_budget
+            n = 0
+            for i in range(ctx.args.creates):
+                if time.perf_counter() > deadline:
+                    break
+                ctx.client.put_object(Bucket=BUCKET, Key=f"ceil/puts/f-{i:05d}", Body=body)
+                n += 1
+            return Sample(bytes=n * len(body), seconds=time.perf_counter() - t0, ops=n)
+
+        s = ctx.measure("boto3 serial PUTs", run)
+        with ctx.server.no_latency():
+            delete_prefix(ctx.client, "ceil/puts/")
+        return s.ops / s.seconds, s
+
+    ctx.add("ceiling", "boto3_serial_put_64k", _repeat(ctx, puts), "files/s")
+
+
+def boto3_list(ctx: Ctx) -> None:
+    """The raw paginated LIST (delimiter "/", 1,000 keys a page) of the 10,000-key prefix."""
+
+    def run() -> Sample:
+        t0 = time.perf_counter()
+        n = 0
+        pages = ctx.client.get_paginator("list_objects_v2").paginate(
+            Bucket=BUCKET, Prefix=LIST_PREFIX, Delimiter="/"
+        )
+        for page in pages:
+            n += len(page.get("Contents", []))
+        assert n == ctx.data.list_count, n
+        return Sample(seconds=time.perf_counter() - t0, ops=n)
+
+    def m() -> tuple[float, Sample]:
+        s = ctx.measure("boto3 LIST", run)
+        return s.seconds, s
+
+    ctx.add("ceiling", "boto3_list", _repeat(ctx, m), "s")
+
+
+def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
+    """A plain local file read after drop_caches and warm; the passthrough with and without
+    keep_cache (first read after drop_caches, page-cache re-read) and its listing."""
+    size = ctx.data.big_size
+    big_path = local_root / BIG_KEY
+    if big:
+        cold, warm = [], []
+        for _ in range(ctx.args.repeat):
+            s = ctx.measure(
+                "local read cold", lambda: ops.sequential_read(big_path, BIG_KEY, size), drop=True
+            )
+            cold.append((s.mbps, s))
+            s = ctx.measure("local read warm", lambda: ops.sequential_read(big_path, BIG_KEY, size))
+            warm.append((s.mbps, s))
+        ctx.add("ceiling", "local_read_cold", cold, "MB/s", latency=False)
+        ctx.add("ceiling", "local_read_warm", warm, "MB/s", latency=False)
+
+    firsts_nokeep, firsts_keep, rereads = [], [], []
+    list_cold, list_warm = [], []
+    for _ in range(ctx.args.repeat):
+        for keep in (False, True):
+            mnt = ctx.fresh("pt")
+            m = ctx.start(
+                passthrough_mount(local_root, mnt, ctx.work / f"pt-{mnt.name}.log", keep_cache=keep)
+            )
+            try:
+                if big:
+                    path = m.path / BIG_KEY
+                    s = ctx.measure(
+                        "passthrough read",
+                        lambda p=path: ops.sequential_read(p, BIG_KEY, size),
+                        mount=m,
+                        drop=True,
+                    )
+                    (firsts_keep if keep else firsts_nokeep).append((s.mbps, s))
+                    if keep:
+                        for _ in range(PAGE_CACHE_PASSES):
+                            s = ctx.measure(
+                                "passthrough re-read",
+                                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
+                                mount=m,
+                            )
+                            rereads.append((s.mbps, s))
+                if listing and not keep:
+                    d = m.path / LIST_PREFIX.rstrip("/")
+                    s = ctx.measure(
+                        "passthrough scan cold",
+                        lambda d=d: ops.scan(d, ctx.data.list_count),
+                        mount=m,
+                        drop=True,
+                    )
+                    list_cold.append((s.seconds, s))
+                    s = ctx.measure(
+                        "passthrough scan warm",
+                        lambda d=d: ops.scan(d, ctx.data.list_count),
+                        mount=m,
+                    )
+                    list_warm.append((s.seconds, s))
+            finally:
+                ctx.release(m)
+    if big:
+        ctx.add("ceiling", "passthrough_first_nokeep", firsts_nokeep, "MB/s", latency=False)
+        ctx.add("ceiling", "passthrough_first_keep", firsts_keep, "MB/s", latency=False)
+        # Until the second open keep_cache changes nothing: pool both first reads.
+        ctx.add("ceiling", "passthrough_first", firsts_nokeep + firsts_keep, "MB/s", latency=False)
+        ctx.add("ceiling", "passthrough_keep_reread", rereads, "MB/s", latency=False)
+    if listing:
+        ctx.add("ceiling", "passthrough_list_cold", list_cold, "s", latency=False)
+        ctx.add("ceiling", "passthrough_list_warm", list_warm, "s", latency=False)

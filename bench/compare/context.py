@@ -1,0 +1,210 @@
+"""What every ceiling and workload needs: the server, a client, scratch directories, the
+mounts alive now (stopped on any exit), the time budget and the results list.
+
+A result is one dict: `fs` (wsfuse, s3fs, rclone, or a ceiling's name), `workload`,
+`latency_ms` (None for local ceilings), `value` in `unit`, `runs` (every repeat), and the
+median run's `sample` (seconds, bytes, ops, server requests/bytes by kind, CPU s, RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.compare.data import DataSets
+from bench.harness.env import BUCKET, log
+from bench.harness.meter import Meter, Sample
+from bench.harness.mount import Mount, wsfuse_status
+from bench.harness.procs import drop_caches, wait_for_quiet
+from bench.harness.server import Server
+from bench.harness.watchdog import watchdog
+
+
+class OutOfTime(Exception):
+    """The run's time budget is spent: the remaining workloads are skipped."""
+
+
+class Poller:
+    """The harness's own checks against the bucket ("is it there yet?"). Their requests are
+    counted here and subtracted from the workload's server counts."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.counts: Counter[str] = Counter()
+
+    def size(self, key: str) -> int | None:
+        self.counts["HEAD"] += 1
+        try:
+            return int(self.client.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
+        except Exception:
+            return None
+
+    def count(self, prefix: str) -> int:
+        n = 0
+        token: str | None = None
+        while True:
+            self.counts["LIST"] += 1
+            kw: dict[str, Any] = {"Bucket": BUCKET, "Prefix": prefix}
+            if token:
+                kw["ContinuationToken"] = token
+            page = self.client.list_objects_v2(**kw)
+            n += page.get("KeyCount", 0)
+            token = page.get("NextContinuationToken")
+            if not token:
+                return n
+
+    def wait(self, done: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(interval)
+        return True
+
+    def subtract_from(self, server: dict[str, dict[str, int]]) -> None:
+        for kind, n in self.counts.items():
+            if kind in server:
+                server[kind]["requests"] = max(0, server[kind]["requests"] - n)
+            if "total" in server:
+                server["total"]["requests"] = max(0, server["total"]["requests"] - n)
+        self.counts.clear()
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    work: Path
+    server: Server
+    client: Any
+    data: DataSets
+    deadline: float
+    results: list[dict[str, Any]] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    peak_rss: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    options: dict[str, str] = field(default_factory=dict)
+    _counter: int = 0
+
+    @property
+    def latency(self) -> float:
+        return self.server.latency_ms
+
+    def check_time(self, what: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise OutOfTime(what)
+
+    def fresh(self, name: str) -> Path:
+        self._counter += 1
+        path = self.work / f"{name}-{self._counter}"
+        path.mkdir(parents=True)
+        return path
+
+    def start(self, mount: Mount) -> Mount:
+        self.mounts.append(mount)
+        return mount.start()
+
+    def release(self, m: Mount) -> None:
+        m.stop()
+        if m.peak_rss:
+            self.peak_rss[m.name] = max(self.peak_rss.get(m.name, 0), m.peak_rss)
+        with contextlib.suppress(ValueError):
+            self.mounts.remove(m)
+        with contextlib.suppress(OSError):
+            m.path.rmdir()
+
+    def release_all(self) -> None:
+        for m in list(self.mounts):
+            try:
+                self.release(m)
+            except Exception as exc:
+                log(f"cleaning up {m.path}: {exc}")
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    def measure(
+        self,
+        what: str,
+        fn: Callable[[], Sample],
+        *,
+        mount: Mount | None = None,
+        drop: bool = False,
+        poller: Poller | None = None,
+        children: bool = False,
+    ) -> Sample:
+        """One time-bounded workload with its CPU, traffic and RSS."""
+        self.check_time(what)
+        if drop:
+            drop_caches()
+        busy_before = wait_for_quiet(self.args.quiet_wait)
+        before = wsfuse_status(mount)
+        with (
+            watchdog(self.args.timeout, mount, what),
+            Meter(self.server, mount, children=children) as meter,
+        ):
+            sample = fn()
+        sample = meter.fill(sample)
+        if poller is not None:
+            poller.subtract_from(sample.server)
+        sample.cpu["busy_before"] = busy_before
+        after = wsfuse_status(mount)
+        if after:
+            sample.extra["daemon_stats"] = {
+                k: v - before.get(k, 0) if isinstance(v, int) and k in before else v
+                for k, v in after.items()
+                if k in CUMULATIVE or k.startswith(("rss", "memory"))
+            }
+        return sample
+
+    def add(
+        self,
+        fs: str,
+        workload: str,
+        values: list[tuple[float, Sample]],
+        unit: str,
+        *,
+        latency: bool = True,
+        **extra: Any,
+    ) -> None:
+        """Record the median of the repeats of one workload."""
+        if not values:
+            return
+        ordered = sorted(values, key=lambda v: v[0])
+        value, sample = ordered[(len(ordered) - 1) // 2] if len(ordered) > 1 else ordered[0]
+        if len(ordered) % 2 == 0 and len(ordered) > 1:
+            value = statistics.median(v for v, _ in ordered)
+        row = {
+            "fs": fs,
+            "workload": workload,
+            "latency_ms": self.latency if latency else None,
+            "value": round(value, 4),
+            "unit": unit,
+            "runs": [round(v, 3) for v, _ in values],
+            "sample": sample.summary(),
+            **extra,
+        }
+        self.results.append(row)
+        log(f"{fs:11s} {workload:26s} {row['latency_ms']} ms: {value:.4g} {unit} {row['runs']}")
+
+
+CUMULATIVE = frozenset(
+    {
+        "cache_hits",
+        "cache_misses",
+        "backend_requests",
+        "backend_bytes",
+        "demand_fetches",
+        "prefetches",
+        "prefetch_cancelled",
+        "prefetch_skipped_budget",
+    }
+)

@@ -1,0 +1,150 @@
+"""The local S3 server (`python -m wsfuse.testing.s3server`) in its own process.
+
+Its own process so that it does not share a GIL with the clients being measured; it keeps
+objects in memory and is driven through its admin path (not counted, never delayed):
+`POST /_wsfuse/latency?ms=N` (emulated time-to-first-byte), `GET /_wsfuse/stats[?reset=1]`
+(requests and response bytes by kind), `POST /_wsfuse/reset`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.harness.env import ACCESS_KEY, BUCKET, ENV, PYTHON, ROOT, SECRET_KEY, MiB
+from bench.harness.procs import stop_process
+
+PART = 8 * MiB
+
+
+class Server:
+    def __init__(self, log_file: Path, buckets: tuple[str, ...] = (BUCKET,)) -> None:
+        self.log_file = log_file
+        self.buckets = buckets
+        self.proc: subprocess.Popen[str] | None = None
+        self.url = ""
+        self.latency_ms = 0.0
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def start(self) -> Server:
+        argv = [PYTHON, "-m", "wsfuse.testing.s3server", "--port", "0"]
+        for b in self.buckets:
+            argv += ["--bucket", b]
+        with open(self.log_file, "ab") as err:
+            self.proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=ENV,
+                text=True,
+                cwd=ROOT,
+            )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("http"):
+            raise RuntimeError(f"S3 server did not start: {line!r}, see {self.log_file}")
+        self.url = line
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1].split("/")[0])
+
+    def _call(self, method: str, path: str) -> Any:
+        req = urllib.request.Request(f"{self.url}/_wsfuse/{path}", method=method)
+        with self._opener.open(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def set_latency(self, ms: float) -> None:
+        self._call("POST", f"latency?ms={ms}")
+        self.latency_ms = ms
+
+    @contextlib.contextmanager
+    def no_latency(self) -> Iterator[None]:
+        """The harness's own seeding and clean-up are never delayed."""
+        saved = self.latency_ms
+        self.set_latency(0)
+        try:
+            yield
+        finally:
+            self.set_latency(saved)
+
+    def stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = self._call("GET", "stats?reset=1" if reset else "stats")
+        return result
+
+    def reset(self) -> None:
+        self._call("POST", "reset")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
+
+
+def s3_client(url: str, pool: int = 32) -> Any:
+    """A boto3 client as a careful user would configure it: path style, no checksums the
+    server does not need, no retries (a failure should show)."""
+    import boto3
+    from botocore.config import Config
+
+    cfg = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        max_pool_connections=pool,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        config=cfg,
+    )
+
+
+def seed(client: Any, key: str, size: int, threads: int = 8) -> float:
+    """Multipart-upload `size` bytes of ramp data as `key`; returns MB/s."""
+    from wsfuse.testing.ramp import ramp
+
+    t0 = time.perf_counter()
+    upload = client.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+
+    def put(number: int) -> dict[str, Any]:
+        off = (number - 1) * PART
+        body = ramp(key, off, min(PART, size - off))
+        etag = client.upload_part(
+            Bucket=BUCKET, Key=key, UploadId=upload, PartNumber=number, Body=body
+        )["ETag"]
+        return {"PartNumber": number, "ETag": etag}
+
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(put, range(1, -(-size // PART) + 1)))
+    client.complete_multipart_upload(
+        Bucket=BUCKET, Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
+    )
+    return size / (time.perf_counter() - t0) / 1e6
+
+
+def write_local_copy(path: Path, key: str, size: int) -> None:
+    """The same ramp bytes as object `key`, in a local file (for the local ceilings)."""
+    from wsfuse.testing.ramp import ramp
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for off in range(0, size, PART):
+            f.write(ramp(key, off, min(PART, size - off)))
