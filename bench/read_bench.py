@@ -64,6 +64,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.compare.ops import sequential_read
 from bench.harness.env import BUCKET, PYTHON, RESULTS, ROOT, GiB, MiB, log, parse_size
 from bench.harness.gitstate import git_state
 from bench.harness.meter import Meter, Sample
@@ -82,7 +83,6 @@ from wsfuse.testing.ramp import ramp
 
 KEY = "data/ramp.bin"
 RSS_KEY = "data/ramp-rss.bin"
-READ_SIZE = MiB
 # A run during which other processes used more than this many cores is not "clean".
 BUSY_OTHERS_MAX = 0.25
 # Page-cache re-reads take ~0.3 s per GiB: each round measures this many passes.
@@ -117,31 +117,6 @@ CUMULATIVE_STATS = frozenset(
 
 
 # ---------------------------------------------------------------------------- measuring
-
-
-def sequential_read(path: Path, key: str, size: int, *, verify_every: int = 16) -> Sample:
-    """Read the whole file with 1 MiB reads, checking every `verify_every`-th MiB."""
-    buf = bytearray(READ_SIZE)
-    view = memoryview(buf)
-    total = 0
-    index = 0
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        t0 = time.perf_counter()
-        while True:
-            n = os.readv(fd, [buf])
-            if n == 0:
-                break
-            if index % verify_every == 0 and view[:n] != ramp(key, total, n):
-                raise AssertionError(f"{path}: wrong bytes at offset {total}")
-            total += n
-            index += 1
-        elapsed = time.perf_counter() - t0
-    finally:
-        os.close(fd)
-    if total != size:
-        raise AssertionError(f"{path}: read {total} bytes, expected {size}")
-    return Sample(bytes=total, seconds=elapsed)
 
 
 def random_reads(path: Path, key: str, size: int, count: int, seed_: int = 42) -> Sample:
