@@ -59,7 +59,7 @@ class DirectoryReadAhead:
         self.whole_object_max = whole_object_max
         self.pin = pin
         self.directories: OrderedDict[str, _DirectoryState] = OrderedDict()
-        # Cancelled only at close: budget is what bounds these fetches.
+        # Never cancelled (the mount's nursery ends them at unmount): budget bounds them.
         self.group = fetcher.new_readahead()
         self.files_requested = 0
 
@@ -115,10 +115,6 @@ class DirectoryReadAhead:
         state.streak = 0
         state.depth = 0
         state.ahead_until = 0
-
-    def close(self) -> None:
-        self.group.cancel()
-        self.directories.clear()
 
 
 def _position(listing: Listing, name: str) -> int | None:
