@@ -25,6 +25,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from wsfuse.allocator import tune_allocator
 from wsfuse.backends.base import Backend
 from wsfuse.cache import BlockCache
 from wsfuse.config import MountConfig
@@ -257,6 +258,7 @@ def recover(backend: Backend, config: MountConfig) -> list[str]:
 def run_foreground(backend: Backend, config: MountConfig, mountpoint: Path, source: str) -> None:
     """Mount and serve until unmounted or signalled."""
     preflight(mountpoint)
+    tune_allocator()  # before trio starts worker threads
     trio.run(_main, backend, config, mountpoint, source)
 
 

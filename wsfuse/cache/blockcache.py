@@ -41,6 +41,7 @@ import google_crc32c
 import lmdb
 
 from wsfuse.cache import schema
+from wsfuse.cache.blockfile import BlockFileWriter, direct_padding, read_block_file
 from wsfuse.cache.index import MetadataIndex
 from wsfuse.cache.lock import CacheDirLock
 from wsfuse.cache.schema import BlockKey, BlockRecord, block_id, block_relpath
@@ -123,6 +124,7 @@ class BlockCache:
         self._tmp_dir = os.path.join(self._dir, schema.TMP_DIR)
         self._disk_free = disk_free or self._statvfs_free
         self._tmp_names = itertools.count()  # next() is atomic under the GIL
+        self._files = BlockFileWriter(block_size)
 
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below)
@@ -199,7 +201,7 @@ class BlockCache:
                     self._misses += 1
                     return None
             try:
-                result = self._read(path, bkey)
+                result = read_block_file(path, bkey, self._block_size)
             except FileNotFoundError:
                 # Evicted (and perhaps re-put) between the check and the open: look again.
                 continue
@@ -234,8 +236,12 @@ class BlockCache:
             return data
         return data[offset : offset + length]
 
-    def put(self, bkey: BlockKey, data: bytes) -> None:
+    def put(self, bkey: BlockKey, data: bytes, *, direct: bool = False) -> None:
         """Cache `data` as block `bkey` (the last block of an object may be short).
+
+        `direct`: nobody is expected to read this block back soon (it was handed to its
+        reader from memory, or was just uploaded), so write it with O_DIRECT where possible,
+        without filling the page cache (blockfile.py says why).
 
         Evicts least-recently-used blocks to stay within the capacity and above the free-space
         guard. If the block cannot be stored (no room even after evicting, disk full, I/O
@@ -247,7 +253,9 @@ class BlockCache:
         if size > self._block_size:
             raise ValueError(f"{size} bytes is larger than the block size {self._block_size}")
         bid = block_id(bkey)
-        disk_bytes = schema.header_size(bkey) + size
+        hsize = schema.header_size(bkey)
+        pad = (direct_padding(hsize, size) if direct else None) or 0
+        disk_bytes = hsize + pad + size
         now = self._clock()
         with self._lock:
             if self._closed or bid in self._writing or bid in self._unlinking:
@@ -271,7 +279,8 @@ class BlockCache:
         reserved, renamed = True, False
         try:
             crc = google_crc32c.value(data)
-            self._write_file(tmp, (schema.pack_block_header(bkey, size, crc), data))
+            header = schema.pack_block_header(bkey, size, crc, pad)
+            self._files.write(tmp, header, pad, data, direct=direct)
             record = BlockRecord(size, crc, now).pack()
             with self._lock:
                 reserved = False
@@ -366,6 +375,7 @@ class BlockCache:
             self._flush_atimes()
             self._index.sync()
         finally:
+            self._files.close()
             if self._owns_index:
                 self._index.close()
             if self._owns_lock:
@@ -378,29 +388,6 @@ class BlockCache:
         self.close()
 
     # ------------------------------------------------------------------ reading
-
-    def _read(self, path: str, bkey: BlockKey) -> bytes | str:
-        """The verified data of the block file at `path`, or why it is not acceptable."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            hsize = schema.header_size(bkey)
-            header = schema.check_block_header(os.pread(fd, hsize, 0), bkey)
-            if isinstance(header, str):
-                return header
-            if header.length > self._block_size:
-                return f"header says {header.length} bytes, more than a block"
-            file_size = os.fstat(fd).st_size
-            if file_size != hsize + header.length:
-                return f"file is {file_size} bytes, header says {hsize + header.length}"
-            # Straight into the bytes object we return: no copy after the kernel's.
-            data = os.pread(fd, header.length, hsize)
-        finally:
-            os.close(fd)
-        if len(data) != header.length:
-            return f"short read ({len(data)} of {header.length} bytes)"
-        if google_crc32c.value(data) != header.crc32c:
-            return "data does not match its CRC32C"
-        return data
 
     def _drop_corrupt(self, bid: bytes, bkey: BlockKey, path: str, reason: str) -> None:
         log.warning(
@@ -499,28 +486,6 @@ class BlockCache:
             self._doomed.discard(bid)
             return True
         return False
-
-    @staticmethod
-    def _write_file(path: str, buffers: tuple[bytes, bytes]) -> None:
-        # O_EXCL: the name is unique to this put, so an existing file is somebody's bug.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            # One pwritev of header and data: no concatenation copy of the 1 MiB block.
-            views = [memoryview(b) for b in buffers]
-            offset = 0
-            while views:
-                written = os.pwritev(fd, views, offset)
-                if written <= 0:
-                    raise OSError(errno.ENOSPC, "short write")
-                offset += written
-                while views and written >= len(views[0]):
-                    written -= len(views.pop(0))
-                if views and written:
-                    views[0] = views[0][written:]
-            # No fsync: a block torn by an OS crash fails its CRC on the next read and is
-            # dropped as a miss; a process crash loses nothing the page cache holds.
-        finally:
-            os.close(fd)
 
     def _skip(self, reason: str, warn: bool = False) -> None:
         """Count a put that was not cached; WARN at most once per `SKIP_WARNING_INTERVAL`."""

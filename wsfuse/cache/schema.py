@@ -119,7 +119,9 @@ def block_relpath(bid: bytes) -> str:
 
 #: First bytes of every block file: "WSFuse Block".
 BLOCK_MAGIC: Final = b"WSFB"
-BLOCK_FORMAT_VERSION: Final = 1
+BLOCK_FORMAT_VERSION: Final = 2
+#: Versions this code reads: 1 had no padding (its `pad` field was "reserved", always 0).
+READABLE_BLOCK_VERSIONS: Final = (1, 2)
 
 # Fixed part of the header, little-endian, 32 bytes:
 #   offset size field
@@ -127,32 +129,39 @@ BLOCK_FORMAT_VERSION: Final = 1
 #   4      2    version        BLOCK_FORMAT_VERSION
 #   6      2    key length K   bytes of the UTF-8 object key
 #   8      2    etag length E  bytes of the UTF-8 etag
-#   10     2    reserved       0
+#   10     2    pad P          zero bytes between etag and data (< 4096; aligns the data
+#                              for O_DIRECT writes, see blockfile.py)
 #   12     4    crc32c         CRC32C (Castagnoli) of the data bytes
 #   16     8    block index    u64
-#   24     8    data length N  u64; the file is exactly 32 + K + E + N bytes
+#   24     8    data length N  u64; the file is exactly 32 + K + E + P + N bytes
 #   32     K    key
 #   32+K   E    etag
-#   32+K+E N    data
+#   32+K+E P    zeros
+#   ...+P  N    data
 # There is no separate header checksum because every header field is checked against a value
 # the reader already knows (magic, version, the BlockKey it asked for, the file's actual
 # length) except the CRC, which the data check validates: any flipped bit is a mismatch.
 BLOCK_HEADER: Final = struct.Struct("<4sHHHHIQQ")
 BLOCK_HEADER_SIZE: Final = BLOCK_HEADER.size  # 32
+#: Padding is only ever up to the next 4 KiB boundary.
+MAX_PAD: Final = 4096
 
 
 def header_size(bkey: BlockKey) -> int:
     return BLOCK_HEADER_SIZE + len(encode_name(bkey.key)) + len(encode_name(bkey.etag))
 
 
-def pack_block_header(bkey: BlockKey, length: int, crc: int) -> bytes:
-    """The complete header (fixed part + key + etag) of a block file holding `length` bytes."""
+def pack_block_header(bkey: BlockKey, length: int, crc: int, pad: int = 0) -> bytes:
+    """The complete header (fixed part + key + etag) of a block file holding `length` bytes
+    after `pad` zero bytes."""
     key = encode_name(bkey.key)
     etag = encode_name(bkey.etag)
     if len(key) > MAX_NAME_BYTES or len(etag) > MAX_NAME_BYTES:
         raise ValueError(f"object key or etag longer than {MAX_NAME_BYTES} bytes")
+    if not 0 <= pad < MAX_PAD:
+        raise ValueError(f"padding of {pad} bytes")
     fixed = BLOCK_HEADER.pack(
-        BLOCK_MAGIC, BLOCK_FORMAT_VERSION, len(key), len(etag), 0, crc, bkey.index, length
+        BLOCK_MAGIC, BLOCK_FORMAT_VERSION, len(key), len(etag), pad, crc, bkey.index, length
     )
     return fixed + key + etag
 
@@ -164,6 +173,7 @@ class BlockHeader:
     header_size: int
     length: int
     crc32c: int
+    pad: int = 0
 
 
 def check_block_header(buf: bytes, bkey: BlockKey) -> BlockHeader | str:
@@ -179,18 +189,18 @@ def check_block_header(buf: bytes, bkey: BlockKey) -> BlockHeader | str:
     size = BLOCK_HEADER_SIZE + len(key) + len(etag)
     if len(buf) < size:
         return f"truncated header ({len(buf)} of {size} bytes)"
-    magic, version, klen, elen, reserved, crc, index, length = BLOCK_HEADER.unpack_from(buf)
+    magic, version, klen, elen, pad, crc, index, length = BLOCK_HEADER.unpack_from(buf)
     if magic != BLOCK_MAGIC:
         return f"bad magic {magic!r}"
-    if version != BLOCK_FORMAT_VERSION:
+    if version not in READABLE_BLOCK_VERSIONS:
         return f"block format version {version}, expected {BLOCK_FORMAT_VERSION}"
-    if reserved != 0:
-        return "reserved header field is not zero"
+    if pad >= (MAX_PAD if version >= 2 else 1):
+        return f"padding of {pad} bytes"
     if index != bkey.index:
         return f"header says block {index}"
     if klen != len(key) or elen != len(etag) or buf[BLOCK_HEADER_SIZE:size] != key + etag:
         return "header names another object or version"
-    return BlockHeader(size, length, crc)
+    return BlockHeader(size, length, crc, pad)
 
 
 # --------------------------------------------------------------------------- LMDB index schema

@@ -267,7 +267,8 @@ class Mutations:
 
             def to_cache() -> None:
                 for index in range(self.fetcher.block_count(obj)):
-                    self.cache.put(obj.block(index), os.pread(staging.fd, bs, index * bs))
+                    data = os.pread(staging.fd, bs, index * bs)
+                    self.cache.put(obj.block(index), data, direct=True)
 
             await trio.to_thread.run_sync(to_cache)
         staging.close(remove=True)

@@ -239,7 +239,9 @@ class BlockFetcher:
                 if handoff:
                     pending.holds += 1  # and the reader
                     group.ready[bkey] = pending
-        self.nursery.start_soon(self._fetch, obj, run, scope, group)
+        # Blocks handed to a reader from memory are not read back soon: written with O_DIRECT.
+        direct = group is None or handoff
+        self.nursery.start_soon(self._fetch, obj, run, scope, group, direct)
         return len(run)
 
     def start_load(self, obj: PinnedObject, first: int, count: int, *, group: ReadAhead) -> int:
@@ -272,6 +274,7 @@ class BlockFetcher:
         run: list[BlockKey],
         scope: trio.CancelScope,
         group: ReadAhead | None,
+        direct: bool,
     ) -> None:
         pendings = [self.inflight[b] for b in run]
         error: BaseException = FetchCancelled()
@@ -288,7 +291,7 @@ class BlockFetcher:
             # Keep the in-flight entries until the blocks are on disk, so that nobody
             # starts a second GET for them in between.
             async with self.disk_limiter:
-                await trio.to_thread.run_sync(self._store, run, blocks)
+                await trio.to_thread.run_sync(self._store, run, blocks, direct)
         except Exception as exc:
             error = exc
             log.debug("fetch of %r blocks %d+%d failed: %s", obj.key, run[0].index, len(run), exc)
@@ -351,9 +354,9 @@ class BlockFetcher:
             )
         return blocks
 
-    def _store(self, run: list[BlockKey], blocks: list[bytes]) -> None:
+    def _store(self, run: list[BlockKey], blocks: list[bytes], direct: bool) -> None:
         for bkey, block in zip(run, blocks, strict=True):
-            self.cache.put(bkey, block)
+            self.cache.put(bkey, block, direct=direct)
 
 
 class Reader:
