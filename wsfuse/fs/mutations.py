@@ -153,7 +153,7 @@ class Mutations:
         return StreamingUpload(
             self.backend,
             node.path,
-            node.staging.fd,
+            node.staging.read_uncached,
             posixmeta.encode(self._upload_attrs(node)),
             self.fetcher.nursery,
             on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
@@ -267,7 +267,7 @@ class Mutations:
 
             def to_cache() -> None:
                 for index in range(self.fetcher.block_count(obj)):
-                    data = os.pread(staging.fd, bs, index * bs)
+                    data = staging.read_uncached(bs, index * bs)
                     self.cache.put(obj.block(index), data, direct=True)
 
             await trio.to_thread.run_sync(to_cache)

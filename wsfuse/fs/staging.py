@@ -7,20 +7,54 @@ kept after a failed upload (recorded as pending in the index) so nothing written
 
 from __future__ import annotations
 
+import errno
+import functools
+import mmap
 import os
 import uuid
 from pathlib import Path
+from typing import Final
+
+from wsfuse import directio
+
+#: Writes at least this long move their page-aligned middle with O_DIRECT.
+DIRECT_MIN: Final = 64 * 1024
+#: Bounce buffer for O_DIRECT writes (FUSE writes are at most 1 MiB; longer ones are chunked).
+BOUNCE_SIZE: Final = 1 << 20
+#: Aligned buffers for O_DIRECT reads of parts and blocks (worker threads; bounded memory).
+READ_BUFFERS: Final = 4
+READ_BUFFER_SIZE: Final = 8 << 20
+
+
+@functools.cache
+def _bounce() -> mmap.mmap:
+    """The aligned write buffer shared by every staging file (trio thread only)."""
+    return mmap.mmap(-1, BOUNCE_SIZE)
+
+
+@functools.cache
+def _read_pool() -> directio.AlignedPool:
+    return directio.AlignedPool(READ_BUFFER_SIZE, READ_BUFFERS)
 
 
 class Staging:
     """A staging file. Not thread-safe by itself: owned by the trio thread; worker threads only
-    `pread` it during uploads (positional I/O needs no shared offset)."""
+    read it during uploads (positional I/O needs no shared offset).
+
+    Large writes (a checkpoint writer's 1 MiB writes) put their page-aligned middle on disk
+    with O_DIRECT through a reused buffer, and uploads read parts back the same way: through
+    the page cache every staged byte would land in a fresh page-cache page twice over, the
+    costliest step of a large write on the test machine (docs/performance.md, "Write path").
+    The unaligned edges go through the page cache; the kernel keeps both views coherent
+    (an O_DIRECT read writes back dirty pages of its range first).
+    """
 
     def __init__(self, directory: Path, *, path: Path | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = path or directory / uuid.uuid4().hex
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self.fd = os.open(self.path, flags, 0o600)
+        self.direct_fd = directio.open_direct(self.path, os.O_RDWR)
         self.size = os.fstat(self.fd).st_size
         # INVARIANT: version == uploaded_version  <=>  the bucket holds exactly these bytes.
         self.version = 0
@@ -41,7 +75,10 @@ class Staging:
 
     def pwrite(self, data: bytes, offset: int) -> int:
         try:
-            n = os.pwrite(self.fd, data, offset)
+            if self.direct_fd >= 0 and len(data) >= DIRECT_MIN:
+                n = self._pwrite_split(data, offset)
+            else:
+                n = os.pwrite(self.fd, data, offset)
         except OSError as exc:
             self.write_error = exc.errno
             raise
@@ -49,7 +86,49 @@ class Staging:
         self.touch()
         return n
 
+    def _pwrite_split(self, data: bytes, offset: int) -> int:
+        """Unaligned head and tail through the page cache, the aligned middle with O_DIRECT."""
+        end = offset + len(data)
+        start, stop = directio.align_up(offset), directio.align_down(end)
+        if stop - start < directio.ALIGN:
+            return os.pwrite(self.fd, data, offset)
+        view = memoryview(data)
+        if start > offset:
+            _pwrite_all(self.fd, view[: start - offset], offset)
+        bounce = _bounce()
+        with memoryview(bounce) as buffer:
+            pos = start
+            while pos < stop:
+                n = min(stop - pos, BOUNCE_SIZE)
+                bounce[:n] = view[pos - offset : pos - offset + n]
+                try:
+                    _pwrite_all(self.direct_fd, buffer[:n], pos)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    # O_DIRECT taken at open but not for this write: page cache from now on.
+                    os.close(self.direct_fd)
+                    self.direct_fd = -1
+                    _pwrite_all(self.fd, view[pos - offset : stop - offset], pos)
+                    break
+                pos += n
+        if end > stop:
+            _pwrite_all(self.fd, view[stop - offset :], stop)
+        return len(data)
+
     def pread(self, length: int, offset: int) -> bytes:
+        return os.pread(self.fd, length, offset)
+
+    def read_uncached(self, length: int, offset: int) -> bytes:
+        """Read for an upload or the block cache (worker threads): with O_DIRECT when the
+        offset is aligned, so the bytes do not fill the page cache on their way out."""
+        fd = self.direct_fd
+        if fd >= 0 and not offset % directio.ALIGN:
+            try:
+                return directio.pread_direct(fd, length, offset, _read_pool())
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
         return os.pread(self.fd, length, offset)
 
     def truncate(self, size: int) -> None:
@@ -61,8 +140,19 @@ class Staging:
         os.fsync(self.fd)
 
     def close(self, *, remove: bool) -> None:
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
         if remove:
             self.path.unlink(missing_ok=True)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        data, offset = data[n:], offset + n

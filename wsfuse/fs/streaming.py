@@ -13,7 +13,6 @@ different sizes, and the final size is unknown while streaming, yet 10,000 parts
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Mapping
 
 import trio
@@ -33,13 +32,14 @@ def streaming_part_size(number: int) -> int:
 
 
 class StreamingUpload:
-    """Owned by the trio thread; part bodies are read from the staging fd in worker threads."""
+    """Owned by the trio thread; part bodies are read from the staging file in worker threads
+    (`read(length, offset)`, thread-safe)."""
 
     def __init__(
         self,
         backend: AsyncBackend,
         key: str,
-        fd: int,
+        read: Callable[[int, int], bytes],
         metadata: Mapping[str, str],
         nursery: trio.Nursery,
         *,
@@ -47,7 +47,7 @@ class StreamingUpload:
     ) -> None:
         self.backend = backend
         self.key = key
-        self.fd = fd
+        self.read = read
         self.metadata = dict(metadata)
         self.nursery = nursery
         self.on_upload_id = on_upload_id
@@ -111,7 +111,7 @@ class StreamingUpload:
             raw = self.backend.backend
 
             def part() -> PartInfo:
-                data = os.pread(self.fd, length, offset)
+                data = self.read(length, offset)
                 if len(data) != length:
                     raise BackendError(f"staging file of {self.key!r} shrank", key=self.key)
                 return raw.upload_part(self.key, upload_id, number, data)
