@@ -21,6 +21,7 @@ from wsfuse.errors import BackendError, Transient
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
+from wsfuse.fs.namespace import Entry
 from wsfuse.testing.ramp import ramp
 
 MiB = 1 << 20
@@ -345,3 +346,38 @@ async def test_unlinking_a_file_being_streamed_aborts_its_upload(w: WHarness) ->
     await w.fs.release(fh)
     assert w.backend.list_multipart("") == []
     assert "gone" not in w.backend.key_list()
+
+
+async def test_an_older_listing_does_not_undo_a_newer_upload(w: WHarness) -> None:
+    """A LIST that started before our upload and answers after it names the older version:
+    it must not replace what the upload taught the inode (size, ETag, mode)."""
+    await w.write_file("m", b"data")
+    ino = await w.path_ino("m")
+    before = w.fs.inode(ino).etag
+    await w.write_file("m", b"longer data")
+    node = await w.fs.setattr(ino, mode=0o600)
+    after = node.etag
+    assert after != before and node.attrs.mode == stat.S_IFREG | 0o600
+    stale = Entry("m", False, 4, before, 1_000.0)
+    w.fs._remember("m", False, stale, node.validated_at - 1.0)  # fetched before the upload
+    assert (node.etag, node.size) == (after, len(b"longer data"))
+    assert node.attrs.mode == stat.S_IFREG | 0o600
+    newer = Entry("m", False, 5, "someone-else", 2_000.0)
+    w.fs._remember("m", False, newer, node.validated_at + 1.0)  # a later change elsewhere
+    assert (node.etag, node.size) == ("someone-else", 5)
+
+
+async def test_a_removed_inode_is_not_revalidated_against_its_old_path(w: WHarness) -> None:
+    """After the TTL, getattr of an inode that was removed (the kernel may still hold it)
+    must not HEAD its old path: a new file there is somebody else."""
+    await w.write_file("u", b"old")
+    ino = await w.path_ino("u")
+    fh, _ = await w.fs.open(ino, write=False)
+    await w.fs.unlink(ROOT_INO, "u")
+    await w.fs.release(fh)
+    w.backend.put("u", b"a new file at the old name")
+    node = w.fs.inode(ino)
+    node.validated_at = 0.0  # long past the TTL
+    heads = w.backend.counts["head"]
+    assert (await w.fs.getattr(ino)).size == 3
+    assert w.backend.counts["head"] == heads

@@ -156,6 +156,10 @@ class Filesystem(Mutations):
         if node.staging is not None:  # written here: ours is the truth until uploaded
             node.validated_at = validated_at
             return node
+        if entry is not None and not is_dir and validated_at < node.validated_at:
+            # A LIST answered after something newer taught us about this file (our own upload
+            # or chmod, a HEAD): its entry is the older truth, keep what we know.
+            return node
         if entry is not None and not is_dir:
             if entry.etag not in (node.etag, node.cache_etag):
                 # another version: what we knew from its metadata no longer holds
@@ -259,7 +263,12 @@ class Filesystem(Mutations):
 
     async def getattr(self, ino: int) -> Inode:
         node = self.inode(ino)
-        if not node.is_dir and node.staging is None and not self._fresh(node.validated_at):
+        if (
+            not node.is_dir
+            and node.staging is None
+            and not node.unlinked  # removed: its old path may name another file by now
+            and not self._fresh(node.validated_at)
+        ):
             await self._revalidate(node)
         return node
 
