@@ -1,0 +1,100 @@
+"""bench/compare/report: the ratios and targets that decide "met", and the rendering of a saved
+run (what docs/performance.md quotes) — checked without running any benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.compare import report
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results"
+
+
+def row(fs: str, workload: str, value: float, lat: float | None = 20.0, **sample: Any) -> dict:
+    return {
+        "fs": fs,
+        "workload": workload,
+        "latency_ms": lat,
+        "value": value,
+        "unit": "",
+        "runs": [value],
+        "sample": {"server": {}, "cpu_s": {}, **sample},
+    }
+
+
+def by_name(targets: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {t["target"]: t for t in targets}
+
+
+def test_cold_read_is_measured_against_the_lower_ceiling_and_the_best_peer() -> None:
+    rows = [
+        row("ceiling", "boto3_ranged_best", 1400.0),
+        row("ceiling", "passthrough_first", 800.0, lat=None),  # local: no latency
+        row("wsfuse", "seq_cold", 640.0),
+        row("s3fs", "seq_cold", 400.0),
+        row("rclone", "seq_cold", 300.0),
+    ]
+    t = by_name(report.targets(rows, 20.0))
+    cold = t["cold seq read / min(boto3 ranged, passthrough)"]
+    assert (cold["value"], cold["met"]) == (0.8, True)  # 640 / min(1400, 800)
+    assert "passthrough_first" in cold["detail"]
+    peer = t["cold seq read / best peer"]
+    assert (peer["value"], peer["met"]) == (1.6, True)  # against s3fs, the faster peer
+    assert "s3fs" in peer["detail"]
+
+
+def test_times_are_lower_is_better_and_missing_numbers_make_no_row() -> None:
+    rows = [
+        row("ceiling", "boto3_list", 4.0),
+        row("wsfuse", "list_cold", 5.0),  # 1.25x the LIST: missed
+        row("ceiling", "passthrough_list_warm", 0.2, lat=None),
+        row("wsfuse", "list_warm", 0.1),
+    ]
+    t = by_name(report.targets(rows, 20.0))
+    assert (t["ls -l cold / raw paginated LIST (time)"]["met"]) is False
+    assert t["ls -l cold / raw paginated LIST (time)"]["value"] == 1.25
+    assert (t["ls -l warm / passthrough (time)"]["met"]) is True
+    assert "1 GiB write until close / boto3 multipart (issue 4)" not in t  # nothing measured
+
+
+def test_traffic_bounds_count_bytes_from_the_server_per_byte_read() -> None:
+    mib = 1 << 20
+    rows = [
+        row(
+            "wsfuse",
+            "seq_cold",
+            500.0,
+            bytes=1024 * mib,
+            server={"GET": {"requests": 128, "bytes": 1200 * mib}},
+        ),
+        row(
+            "wsfuse",
+            "fio_rand_4k",
+            40.0,
+            ops=100,
+            server={"GET": {"requests": 90, "bytes": 90 * mib}},
+        ),
+    ]
+    t = by_name(report.targets(rows, 20.0))
+    over = t["cold seq read: bytes from S3 / bytes read"]
+    assert over["value"] == pytest.approx(1200 / 1024, abs=1e-3) and over["met"] is False
+    rand = t["random 4 KiB: MiB from S3 per read (≤ one 1 MiB block)"]
+    assert (rand["value"], rand["met"]) == (0.9, True)
+
+
+def test_the_reported_run_renders_with_the_targets_it_recorded() -> None:
+    latest = sorted(RESULTS.glob("run-*.json"))[-1]
+    result = json.loads(latest.read_text())
+    text = report.markdown(result)
+    assert "### Targets at 20 ms" in text
+    recomputed = by_name(report.targets(result["rows"], 20.0))
+    for saved in result["targets"]:
+        if saved["latency_ms"] != 20.0:
+            continue
+        again = recomputed[saved["target"]]
+        assert (again["value"], again["met"]) == (saved["value"], saved["met"])
+        assert saved["target"] in text
