@@ -62,7 +62,7 @@ def boto3_get(ctx: Ctx) -> None:
     by_threads = {}
     for threads in (4, 8, 16):
         runs = [ctx.measure(f"boto3 ranged x{threads}", lambda t=threads: ranged(t))]
-        runs += [ranged(threads) for _ in range(ctx.args.repeat - 1)]
+        runs += [ranged(threads) for _ in range(ctx.args.seq_repeat - 1)]
         rates = sorted(s.mbps for s in runs)
         by_threads[threads] = round(rates[len(rates) // 2], 1)
         if not best or by_threads[threads] > best[0][0]:
@@ -170,7 +170,7 @@ def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
     big_path = local_root / BIG_KEY
     if big:
         cold, warm = [], []
-        for _ in range(ctx.args.repeat):
+        for _ in range(ctx.args.seq_repeat):
             s = ctx.measure(
                 "local read cold", lambda: ops.sequential_read(big_path, BIG_KEY, size), drop=True
             )
@@ -182,7 +182,7 @@ def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
 
     firsts_nokeep, firsts_keep, rereads = [], [], []
     list_cold, list_warm = [], []
-    for _ in range(ctx.args.repeat):
+    for _ in range(ctx.args.seq_repeat if big else ctx.args.repeat):
         for keep in (False, True):
             mnt = ctx.fresh("pt")
             m = ctx.start(

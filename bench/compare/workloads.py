@@ -32,7 +32,7 @@ def sequential(ctx: Ctx, spec: FsSpec) -> None:
     size = ctx.data.big_size
     cold, page, disk = [], [], []
     try:
-        for _ in range(ctx.args.repeat):
+        for _ in range(ctx.args.seq_repeat):
             cache = ctx.fresh(f"cache-{spec.name}")
             try:
                 m = _mount(ctx, spec, cache)
