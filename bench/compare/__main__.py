@@ -89,8 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     q = args.quick
     args.repeat = args.repeat or (1 if q else 3)
-    # The cold/disk/page reads and their ceilings decide the read targets and move +-20% from
-    # one pass to the next on this VM: even --quick takes the median of 3 (about +3 minutes).
+    # The cold/disk/page reads, the 1 GiB write and their ceilings decide the read and write
+    # targets and move +-20% (the multipart ceiling +-40%) from one pass to the next on this
+    # VM: even --quick takes the median of 3 (about +4 minutes).
     args.seq_repeat = max(args.repeat, 3)
     args.latencies = args.latency or ([20.0] if q else [0.0, 20.0])
     args.small_budget = args.small_budget or (15.0 if q else 120.0)

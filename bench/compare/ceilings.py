@@ -119,7 +119,7 @@ def boto3_writes(ctx: Ctx, local_big: Path) -> None:
             ctx.client.delete_object(Bucket=BUCKET, Key="ceil/mpu.bin")
         return s.mbps, s
 
-    ctx.add("ceiling", "boto3_multipart_1g", _repeat(ctx, mpu), "MB/s")
+    ctx.add("ceiling", "boto3_multipart_1g", _repeat(ctx, mpu, ctx.args.seq_repeat), "MB/s")
 
     body = b"x" * (64 * KiB)
 
