@@ -381,3 +381,35 @@ async def test_a_removed_inode_is_not_revalidated_against_its_old_path(w: WHarne
     heads = w.backend.counts["head"]
     assert (await w.fs.getattr(ino)).size == 3
     assert w.backend.counts["head"] == heads
+
+
+async def test_the_staged_set_follows_every_staging_file_and_feeds_listings(
+    w: WHarness,
+) -> None:
+    def check() -> None:
+        expected = {i for i, n in w.fs.inodes.items() if n.staging is not None}
+        assert w.fs.staged == expected
+
+    async def names() -> list[str]:
+        w.fs.listings.clear()  # a fresh remote listing: local files must be merged in
+        fh = w.fs.opendir(ROOT_INO)
+        try:
+            return [e.name for _, _, e in await w.fs.readdir(fh, 0)]
+        finally:
+            w.fs.releasedir(fh)
+
+    fh_a, _ = await w.create("a", b"not uploaded yet")
+    check()
+    assert "a" in await names()  # only in staging: the bucket has no "a"
+    await w.fs.flush(fh_a)
+    await w.fs.release(fh_a)
+    check()
+    fh_b, ino_b = await w.create("b", b"bye")
+    await w.fs.flush(fh_b)
+    await w.fs.unlink(ROOT_INO, "b")  # while open: its bytes live on in staging
+    check()
+    assert ino_b in w.fs.staged and "b" not in await names()
+    await w.fs.release(fh_b)
+    check()
+    assert w.fs.staged == set()
+    assert await names() == ["a"]

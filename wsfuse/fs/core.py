@@ -127,6 +127,9 @@ class Filesystem(Mutations):
         self.attr_store = AttrStore(index)
         now = clock()
         self.inodes: dict[int, Inode] = {ROOT_INO: Inode(ROOT_INO, "", True, mtime=now)}
+        # INVARIANT: staged == {ino for ino, node in inodes.items() if node.staging is not None}
+        # (a listing merges these; scanning every inode per listing would be O(inodes)).
+        self.staged: set[int] = set()
         self.by_path: dict[tuple[str, bool], int] = {("", True): ROOT_INO}
         self._next_ino = itertools.count(ROOT_INO + 1)
         self.listings: dict[str, Listing] = {}

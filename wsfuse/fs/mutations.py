@@ -67,6 +67,7 @@ class Mutations:
         fetcher: BlockFetcher
         clock: Callable[[], float]
         inodes: dict[int, Inode]
+        staged: set[int]
         by_path: dict[tuple[str, bool], int]
         listings: dict[str, Listing]
         negative: dict[str, float]
@@ -96,6 +97,7 @@ class Mutations:
                 staging.close(remove=True)
                 raise
             node.staging = staging
+            self.staged.add(node.ino)
         if truncate and node.staging.size:
             node.staging.truncate(0)
         if truncate:
@@ -251,6 +253,7 @@ class Mutations:
             )
             await self._drop_stream(node)
             node.staging = None
+            self.staged.discard(node.ino)
             staging.close(remove=True)
             self._forget_pending(node)
             if node.etag:
@@ -261,6 +264,7 @@ class Mutations:
         if staging is None or (staging.dirty and not node.unlinked):
             return
         node.staging = None
+        self.staged.discard(node.ino)
         if not node.unlinked and node.etag:
             obj = node.pinned()
             bs = self.config.block_size
@@ -423,7 +427,8 @@ class Mutations:
     def local_entries(self, path: str) -> list[Entry]:
         """Files created here and not uploaded yet: a fresh remote listing must still show them."""
         out = []
-        for node in self.inodes.values():
+        for ino in self.staged:
+            node = self.inodes[ino]
             if node.staging is not None and not node.unlinked and not node.is_dir:
                 parent, _, name = node.path.rpartition("/")
                 if parent == path:
@@ -512,6 +517,7 @@ class Mutations:
             if node.open_handles == 0:
                 node.staging.close(remove=True)
                 node.staging = None
+                self.staged.discard(node.ino)
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Inode:
         self._writable()
