@@ -7,7 +7,8 @@ faulted in and zeroed page by page again: about 0.5 CPU-seconds per GiB, a fifth
 daemon's cost of a cold read on the 2-core test machine. Keeping freed memory in one arena
 for reuse makes a cold read ~20 % faster at a *lower* peak RSS (per-thread arenas each keep
 their own high-water mark; one arena keeps one). Contention on the single arena is low: the
-GIL already serialises nearly every allocation. Measured in docs/performance.md ("Allocator").
+GIL already serialises nearly every allocation. Measured in docs/performance.md ("Fewer
+fresh pages").
 
 What stays resident is bounded by what is live at the peak — the prefetch budget and the
 buffers in flight, which configuration bounds — not by file sizes.

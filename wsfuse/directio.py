@@ -4,7 +4,7 @@ Why: on the test machine (a VM that hands free memory back to its host) every *f
 page-cache page costs far more than the copy into it; a 1 GiB write through the page cache
 costs 1-2 CPU-seconds, as much as uploading it. Large staging writes, part reads for uploads
 and cache-block writes therefore move data between the disk and a few reused, page-aligned
-buffers instead (docs/performance.md, "Write path" and "Cache writes").
+buffers instead (docs/performance.md, "Fewer fresh pages").
 
 O_DIRECT needs file offsets, lengths and memory addresses aligned to `ALIGN`. Where the
 filesystem refuses it (EINVAL: tmpfs on older kernels, some network filesystems), callers
@@ -45,6 +45,15 @@ def open_direct(path: Path | str, flags: int) -> int:
         return -1
 
 
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of `data` at `offset` (positional: no shared file offset between threads)."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        if n <= 0:
+            raise OSError(errno.ENOSPC, "short write")
+        data, offset = data[n:], offset + n
+
+
 class AlignedPool:
     """At most `count` page-aligned buffers of `size` bytes, reused (their pages are faulted
     in once). Thread-safe; `take` waits for a free buffer, so memory stays bounded."""
@@ -67,6 +76,13 @@ class AlignedPool:
             finally:
                 with self._lock:
                     self._free.append(buffer)
+
+    def close(self) -> None:
+        """Unmap the free buffers (one still in use is unmapped when it is garbage)."""
+        with self._lock:
+            for buffer in self._free:
+                buffer.close()
+            self._free.clear()
 
 
 def pread_direct(fd: int, length: int, offset: int, pool: AlignedPool) -> bytes:

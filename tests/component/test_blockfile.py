@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from wsfuse import directio
 from wsfuse.cache import blockfile, schema
 from wsfuse.cache.blockcache import BlockCache
 from wsfuse.cache.schema import BlockKey, block_id
@@ -39,9 +40,9 @@ def test_a_direct_block_has_page_aligned_data_and_reads_back(cache: BlockCache) 
     cache.put(bkey, data_of(bkey), direct=True)
     raw = block_file(cache, bkey).read_bytes()
     hsize = schema.header_size(bkey)
-    assert len(raw) == blockfile.DIRECT_ALIGN + BS  # header padded to one page
-    assert raw[hsize : blockfile.DIRECT_ALIGN] == bytes(blockfile.DIRECT_ALIGN - hsize)
-    assert raw[blockfile.DIRECT_ALIGN :] == data_of(bkey)
+    assert len(raw) == directio.ALIGN + BS  # header padded to one page
+    assert raw[hsize : directio.ALIGN] == bytes(directio.ALIGN - hsize)
+    assert raw[directio.ALIGN :] == data_of(bkey)
     assert cache.get(bkey) == data_of(bkey)
     assert cache._files.direct_supported  # this test's filesystem took O_DIRECT
 

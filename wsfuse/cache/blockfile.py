@@ -5,11 +5,11 @@ only for later (a remount, an evicted page). Writing it through the page cache c
 page-cache page per 4 KiB, a memory copy and later writeback work: 0.9-2.1 CPU-seconds per GiB
 on the 2-core test machine, about as much as everything else the daemon does for a cold read.
 An O_DIRECT write from a reused, page-aligned buffer costs about half of that
-(docs/performance.md, "Cache writes"). Blocks that will be read back soon (a directory's small
+(docs/performance.md, "Fewer fresh pages"). Blocks that will be read back soon (a directory's small
 files read ahead) still go through the page cache, where the read finds them.
 
 O_DIRECT needs the file offset, the length and the memory address aligned: the data starts at
-a multiple of `DIRECT_ALIGN` (the header is padded with zeros, its `pad` field says how much)
+a multiple of `directio.ALIGN` (the header is padded with zeros, its `pad` field says how much)
 and only whole-page blocks are written that way. Filesystems without O_DIRECT (tmpfs on older
 kernels, some FUSE or network filesystems) answer EINVAL; the writer then uses the page cache
 for the rest of its life.
@@ -21,75 +21,50 @@ import errno
 import logging
 import mmap
 import os
-import threading
 from typing import Final
 
 import google_crc32c
 
+from wsfuse import directio
 from wsfuse.cache import schema
 from wsfuse.cache.schema import BlockKey
 
 log = logging.getLogger(__name__)
 
-#: Offset, length and buffer alignment for O_DIRECT (the page size; the logical block size of
-#: every disk we know is this or smaller).
-DIRECT_ALIGN: Final = 4096
 #: Headers (key + etag) longer than this are written through the page cache: the bounce
 #: buffers stay small, and keys that long are rare.
-MAX_DIRECT_HEADER: Final = 2 * DIRECT_ALIGN
-#: Bounce buffers kept for O_DIRECT writes; a write that finds none free uses the page cache
-#: rather than waiting or growing memory (block size each).
+MAX_DIRECT_HEADER: Final = 2 * directio.ALIGN
+#: Bounce buffers for O_DIRECT writes (block size each). Puts come from the fetcher's 4 disk
+#: writers and the post-upload copy, so a put practically never waits for one.
 DIRECT_BUFFERS: Final = 8
 
 
 def direct_padding(header_size: int, length: int) -> int | None:
     """Zero bytes between header and data for an O_DIRECT write, or None when this block
     cannot be written that way (empty, not whole pages, header too long)."""
-    if length == 0 or length % DIRECT_ALIGN or header_size > MAX_DIRECT_HEADER:
+    if length == 0 or length % directio.ALIGN or header_size > MAX_DIRECT_HEADER:
         return None
-    return -header_size % DIRECT_ALIGN
+    return -header_size % directio.ALIGN
 
 
 class BlockFileWriter:
-    """Writes block files. Thread-safe: bounce buffers are taken from a locked free list."""
+    """Writes block files. Thread-safe (the bounce buffers come from an `AlignedPool`)."""
 
     def __init__(self, block_size: int) -> None:
-        self._buffer_size = MAX_DIRECT_HEADER + block_size
-        self._lock = threading.Lock()
-        # GUARDED_BY: _lock
-        self._free: list[mmap.mmap] = []
-        self._made = 0
+        self._buffers = directio.AlignedPool(MAX_DIRECT_HEADER + block_size, DIRECT_BUFFERS)
         self.direct_supported = True  # until the filesystem says EINVAL once
 
     def write(self, path: str, header: bytes, pad: int, data: bytes, *, direct: bool) -> None:
         """Create `path` (exclusively) holding `header`, `pad` zero bytes, then `data`.
         With `direct`, and when the layout and the filesystem allow it, with O_DIRECT."""
-        if direct and self.direct_supported and (len(header) + pad) % DIRECT_ALIGN == 0:
-            buffer = self._take()
-            if buffer is not None:
-                try:
-                    if self._write_direct(path, buffer, header, pad, data):
-                        return
-                finally:
-                    with self._lock:
-                        self._free.append(buffer)
+        if direct and self.direct_supported and (len(header) + pad) % directio.ALIGN == 0:
+            with self._buffers.take() as buffer:
+                if self._write_direct(path, buffer, header, pad, data):
+                    return
         _write_buffered(path, (header, bytes(pad), data) if pad else (header, data))
 
     def close(self) -> None:
-        with self._lock:
-            for buffer in self._free:
-                buffer.close()
-            self._free.clear()
-
-    def _take(self) -> mmap.mmap | None:
-        with self._lock:
-            if self._free:
-                return self._free.pop()
-            if self._made >= DIRECT_BUFFERS:
-                return None
-            self._made += 1
-        # Anonymous mmap: page-aligned, and reused, so its pages are faulted in only once.
-        return mmap.mmap(-1, self._buffer_size)
+        self._buffers.close()
 
     def _write_direct(
         self, path: str, buffer: mmap.mmap, header: bytes, pad: int, data: bytes
@@ -109,22 +84,16 @@ class BlockFileWriter:
             self._unsupported(exc)
             return False
         try:
-            view = memoryview(buffer)
-            offset = 0
-            while offset < end:
-                written = os.pwrite(fd, view[offset:end], offset)
-                if written <= 0 or written % DIRECT_ALIGN:
-                    raise OSError(errno.ENOSPC, "short write")
-                offset += written
-            view.release()
+            with memoryview(buffer) as view:
+                directio.pwrite_all(fd, view[:end], 0)
         except OSError as exc:
-            os.close(fd)
             if exc.errno != errno.EINVAL:
-                raise
+                raise  # the caller removes the temp file
             os.unlink(path)
             self._unsupported(exc)
             return False
-        os.close(fd)
+        finally:
+            os.close(fd)
         return True
 
     def _unsupported(self, exc: OSError) -> None:

@@ -44,7 +44,8 @@ class Staging:
     Large writes (a checkpoint writer's 1 MiB writes) put their page-aligned middle on disk
     with O_DIRECT through a reused buffer, and uploads read parts back the same way: through
     the page cache every staged byte would land in a fresh page-cache page twice over, the
-    costliest step of a large write on the test machine (docs/performance.md, "Write path").
+    costliest step of a large write on the test machine (docs/performance.md, "Fewer fresh
+    pages").
     The unaligned edges go through the page cache; the kernel keeps both views coherent
     (an O_DIRECT read writes back dirty pages of its range first).
     """
@@ -55,6 +56,9 @@ class Staging:
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         self.fd = os.open(self.path, flags, 0o600)
         self.direct_fd = directio.open_direct(self.path, os.O_RDWR)
+        # Cleared if the filesystem opened O_DIRECT but refuses an aligned write. The
+        # descriptor stays open: worker threads may be reading through it.
+        self._direct_writes = self.direct_fd >= 0
         self.size = os.fstat(self.fd).st_size
         # INVARIANT: version == uploaded_version  <=>  the bucket holds exactly these bytes.
         self.version = 0
@@ -75,7 +79,7 @@ class Staging:
 
     def pwrite(self, data: bytes, offset: int) -> int:
         try:
-            if self.direct_fd >= 0 and len(data) >= DIRECT_MIN:
+            if self._direct_writes and len(data) >= DIRECT_MIN:
                 n = self._pwrite_split(data, offset)
             else:
                 n = os.pwrite(self.fd, data, offset)
@@ -94,7 +98,7 @@ class Staging:
             return os.pwrite(self.fd, data, offset)
         view = memoryview(data)
         if start > offset:
-            _pwrite_all(self.fd, view[: start - offset], offset)
+            directio.pwrite_all(self.fd, view[: start - offset], offset)
         bounce = _bounce()
         with memoryview(bounce) as buffer:
             pos = start
@@ -102,18 +106,17 @@ class Staging:
                 n = min(stop - pos, BOUNCE_SIZE)
                 bounce[:n] = view[pos - offset : pos - offset + n]
                 try:
-                    _pwrite_all(self.direct_fd, buffer[:n], pos)
+                    directio.pwrite_all(self.direct_fd, buffer[:n], pos)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
                     # O_DIRECT taken at open but not for this write: page cache from now on.
-                    os.close(self.direct_fd)
-                    self.direct_fd = -1
-                    _pwrite_all(self.fd, view[pos - offset : stop - offset], pos)
+                    self._direct_writes = False
+                    directio.pwrite_all(self.fd, view[pos - offset : stop - offset], pos)
                     break
                 pos += n
         if end > stop:
-            _pwrite_all(self.fd, view[stop - offset :], stop)
+            directio.pwrite_all(self.fd, view[stop - offset :], stop)
         return len(data)
 
     def pread(self, length: int, offset: int) -> bytes:
@@ -148,11 +151,3 @@ class Staging:
             self.fd = -1
         if remove:
             self.path.unlink(missing_ok=True)
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        n = os.pwrite(fd, data, offset)
-        if n <= 0:
-            raise OSError(errno.ENOSPC, "short write")
-        data, offset = data[n:], offset + n
