@@ -4,6 +4,7 @@ local emulator (`wsfuse.testing.gcsserver`). The generic behaviour is in tests/c
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -454,19 +455,30 @@ def test_invalid_bucket_name(server: GCSTestServer) -> None:
 
 
 def test_emulated_latency_overlaps(gcs: GCSBackend, server: GCSTestServer) -> None:
+    """Overlap is read from the server's count of requests asleep at once, not from the
+    wall clock (which a loaded CI machine stretches)."""
     with server.no_latency():
         server.latency = 0.2
         gcs.put("lat", b"x")  # exempt
-        start = time.monotonic()
         gcs.head("lat")
-        assert time.monotonic() - start < 0.15
+    server.delays.reset_overlap()
+    assert server.delays.delayed == 0
+    barrier = threading.Barrier(4)
+
+    def head(_: int) -> None:
+        barrier.wait()
+        gcs.head("lat")
+
     try:
+        server.latency = 1.0  # four threads released together all meet inside it
         start = time.monotonic()
         with ThreadPoolExecutor(4) as pool:
-            list(pool.map(lambda _: gcs.head("lat"), range(4)))
-        assert 0.2 <= time.monotonic() - start < 0.6
+            list(pool.map(head, range(4)))
+        assert time.monotonic() - start >= 1.0
     finally:
         server.latency = 0.0
+    assert server.delays.delayed == 4
+    assert server.delays.peak_overlap >= 2, "parallel requests did not overlap"
     assert server.count("HEAD", key="lat") == 5
     assert server.count("LIST") == 0
     gcs.list("la")

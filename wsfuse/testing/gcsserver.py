@@ -56,7 +56,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -73,6 +73,7 @@ from gcp_storage_emulator.handlers import objects as emu_objects
 from gcp_storage_emulator.storage import Storage
 
 from wsfuse.backends.base import Capabilities
+from wsfuse.testing.latency import LatencyEmulator
 
 log = logging.getLogger(__name__)
 
@@ -658,9 +659,8 @@ class GCSTestServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency: float = 0.0) -> None:
         self._host = host
         self._port = port
-        #: seconds every request waits before it is answered (time to first byte)
-        self.latency = latency
-        self._no_latency = 0
+        #: the emulated time-to-first-byte (`latency`, `no_latency()`, `peak_overlap`)
+        self.delays = LatencyEmulator(latency)
         self.storage = _PatchedStorage()
         self._lock = threading.RLock()  # the emulator's storage is not thread-safe
         self._routes = _routes()
@@ -746,16 +746,18 @@ class GCSTestServer:
         with self._lock:
             self._counts.clear()
 
-    @contextlib.contextmanager
-    def no_latency(self) -> Iterator[None]:
+    @property
+    def latency(self) -> float:
+        """Seconds every request waits before it is answered (time-to-first-byte)."""
+        return self.delays.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.delays.latency = seconds
+
+    def no_latency(self) -> contextlib.AbstractContextManager[None]:
         """Within this block requests are answered without the emulated latency."""
-        with self._lock:
-            self._no_latency += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._no_latency -= 1
+        return self.delays.no_latency()
 
     def fail_next(
         self, kind: str, *, status: int = 503, times: int = 1, key: str | None = None
@@ -807,9 +809,7 @@ class GCSTestServer:
             if kind in ("PUT", "UPLOAD") and key is None:
                 with self._lock:
                     key = _upload_target(request, self.storage)
-            delay = 0.0 if self._no_latency else self.latency
-            if delay > 0:
-                time.sleep(delay)  # outside the lock: parallel requests overlap
+            self.delays.delay()  # outside the lock: parallel requests overlap
             with self._lock:
                 self._counts[(kind, key)] += 1
                 fault = self._take_fault(kind, key)

@@ -55,7 +55,6 @@ import re
 import signal
 import sys
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -76,6 +75,8 @@ from moto.moto_server.werkzeug_app import (
     create_backend_app,
 )
 from werkzeug.serving import make_server
+
+from wsfuse.testing.latency import LatencyEmulator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -463,8 +464,8 @@ class S3TestServer:
     ) -> None:
         self.host = host
         self._requested_port = port
-        #: seconds every request waits before it is handled (time-to-first-byte)
-        self.latency = latency
+        #: the emulated time-to-first-byte (`latency`, `no_latency()`, `peak_overlap`)
+        self.delays = LatencyEmulator(latency)
         #: serve single-range GETs from the object's slice (False: stock moto, for comparison)
         self.fast_ranges = fast_ranges
         self._require_auth = require_auth
@@ -472,7 +473,6 @@ class S3TestServer:
         self._lock = threading.Lock()
         self._entries: list[_Entry] = []
         self._faults: list[_Fault] = []
-        self._no_latency = 0
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -547,16 +547,18 @@ class S3TestServer:
 
     # ------------------------------------------------------------------ harness helpers
 
-    @contextlib.contextmanager
-    def no_latency(self) -> Iterator[None]:
+    @property
+    def latency(self) -> float:
+        """Seconds every request waits before it is handled (time-to-first-byte)."""
+        return self.delays.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.delays.latency = seconds
+
+    def no_latency(self) -> contextlib.AbstractContextManager[None]:
         """Within this block requests are answered without the emulated latency."""
-        with self._lock:
-            self._no_latency += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._no_latency -= 1
+        return self.delays.no_latency()
 
     def create_bucket(self, name: str, region: str = "us-east-1") -> None:
         """Create `name` directly in moto's backend (no request; existing is fine)."""
@@ -674,9 +676,7 @@ class S3TestServer:
             entry = _Entry(kind, bucket, key)
             with self._lock:
                 self._entries.append(entry)
-                delay = 0.0 if self._no_latency else self.latency
-            if delay > 0:
-                time.sleep(delay)
+            self.delays.delay()
 
             def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 entry.status = int(status.split(None, 1)[0])
