@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -64,10 +64,18 @@ def server(s3_server: Any) -> Iterator[Any]:
         s3_server.clear_faults()
 
 
+class AuthServer(NamedTuple):
+    """An S3 server that checks signatures, and the keys of its one IAM user."""
+
+    url: str
+    access_key: str
+    secret_key: str
+
+
 @pytest.fixture(scope="module")
-def auth_server() -> Iterator[str]:
-    """The endpoint of an S3 server that checks credentials (moto's IAM), with the bucket
-    `authbucket`: in a subprocess, because moto's switch for that is process-wide."""
+def auth_endpoint() -> Iterator[AuthServer]:
+    """An S3 server that checks credentials (moto's IAM) with the bucket `authbucket` and
+    the IAM user `tester`: in a subprocess, because moto's switch for that is process-wide."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -78,6 +86,8 @@ def auth_server() -> Iterator[str]:
             "--require-auth",
             "--bucket",
             "authbucket",
+            "--user",
+            "tester",
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -86,12 +96,19 @@ def auth_server() -> Iterator[str]:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("http://"), url
-        yield url
+        access_key, secret_key = proc.stdout.readline().split()
+        yield AuthServer(url, access_key, secret_key)
     finally:
         proc.terminate()
         proc.wait(10)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def auth_server(auth_endpoint: AuthServer) -> str:
+    """The endpoint of `auth_endpoint`, for tests of credentials it does not know."""
+    return auth_endpoint.url
 
 
 def make_backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backend:

@@ -69,6 +69,7 @@ import moto.s3.models
 from botocore.config import Config
 from moto import settings as moto_settings
 from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.iam.models import iam_backends
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -1015,6 +1016,20 @@ class _Counting:
 # ---------------------------------------------------------------------------- standalone
 
 
+def create_iam_user(name: str) -> tuple[str, str]:
+    """Create IAM user `name`, allowed every action, in this process's moto; returns its
+    (access key id, secret access key). Only meaningful with `require_auth=True`."""
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    iam.create_user("us-east-1", name)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+    }
+    iam.put_user_policy(name, "everything", json.dumps(policy))
+    key = iam.create_access_key(name)
+    return key.access_key_id, key.secret_access_key
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m wsfuse.testing.s3server",
@@ -1028,6 +1043,11 @@ def main(argv: list[str] | None = None) -> None:
         "--require-auth",
         action="store_true",
         help="check credentials like S3 does (moto's IAM; unknown access keys are refused)",
+    )
+    parser.add_argument(
+        "--user",
+        help="create this IAM user, allowed everything, and print its access key id and "
+        "secret on the line after the endpoint (for signed-request tests with --require-auth)",
     )
     args = parser.parse_args(argv)
     stop = threading.Event()
@@ -1044,6 +1064,8 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.bucket:
             server.create_bucket(name)
         sys.stdout.write(server.endpoint_url + "\n")
+        if args.user:
+            sys.stdout.write(" ".join(create_iam_user(args.user)) + "\n")
         sys.stdout.flush()
         stop.wait()
 
