@@ -270,6 +270,39 @@ def test_a_short_body_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> N
         thread.join(5)
 
 
+def test_uploads_carry_a_crc32c_that_the_server_verifies(
+    server: S3TestServer, s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bodies go unsigned (UNSIGNED-PAYLOAD) with an x-amz-checksum-crc32c instead: PUTs and
+    parts whose checksum does not match their bytes are refused (BadDigest, retried as
+    Transient), and a multipart upload completes with its parts' checksums."""
+    data = ramp("whole", 0, 100_000)
+    assert s3.get_range(s3.put("whole", data).key, 0, len(data)) == data
+    upload = s3.create_multipart("multi")
+    parts = [
+        s3.upload_part("multi", upload, n, ramp("multi", (n - 1) * MIN_PART_SIZE, MIN_PART_SIZE))
+        for n in (1, 2)
+    ]
+    assert all(p.checksum for p in parts)
+    info = s3.complete_multipart("multi", upload, parts)
+    assert info.size == 2 * MIN_PART_SIZE
+    assert s3.get_range("multi", MIN_PART_SIZE - 5, 10) == ramp("multi", MIN_PART_SIZE - 5, 10)
+
+    import wsfuse.backends.s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "_crc32c", lambda body: "AAAAAA==")
+    server.reset_stats()
+    with pytest.raises(errors.Transient, match="BadDigest"):
+        s3.put("corrupt", b"some bytes")
+    upload = s3.create_multipart("corrupt-multi")
+    with pytest.raises(errors.Transient, match="BadDigest"):
+        s3.upload_part("corrupt-multi", upload, 1, b"x" * 1000)
+    s3.abort_multipart("corrupt-multi", upload)
+    with pytest.raises(errors.NotFound):
+        s3.head("corrupt")
+    assert [r.status for r in server.requests if r.kind in ("PUT", "UPLOAD_PART")] == [400, 400]
+
+
 def test_no_credentials_is_permission_denied(
     server: S3TestServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -4,6 +4,7 @@ other tests and the benchmarks rely on them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
@@ -18,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
+import google_crc32c
 import pytest
 from botocore.exceptions import ClientError
 
@@ -235,6 +237,51 @@ def test_upload_part_to_missing_upload_is_no_such_upload(client: Any, bucket: st
     with pytest.raises(ClientError) as exc:
         client.upload_part(Bucket=bucket, Key="k", UploadId=upload_id, PartNumber=1, Body=b"x")
     assert error_of(exc) == ("NoSuchUpload", 404)
+
+
+# ---------------------------------------------------------------------- checksums
+
+
+def test_upload_checksums_are_verified_as_s3_does(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    """moto ignores x-amz-checksum-crc32c; S3 refuses a body that does not match it."""
+    body = b"checksummed body"
+    good = base64.b64encode(google_crc32c.value(body).to_bytes(4, "big")).decode()
+    client.put_object(Bucket=bucket, Key="ok", Body=body, ChecksumCRC32C=good)
+    assert get(client, bucket, "ok", "bytes=0-6")["data"] == body[:7]
+    with pytest.raises(ClientError) as exc:
+        client.put_object(Bucket=bucket, Key="bad", Body=body, ChecksumCRC32C="AAAAAA==")
+    assert error_of(exc) == ("BadDigest", 400)
+    upload = client.create_multipart_upload(Bucket=bucket, Key="m", ChecksumAlgorithm="CRC32C")
+    upload_id = upload["UploadId"]
+    with pytest.raises(ClientError) as exc:
+        client.upload_part(
+            Bucket=bucket,
+            Key="m",
+            UploadId=upload_id,
+            PartNumber=1,
+            Body=body,
+            ChecksumCRC32C="AAAAAA==",
+        )
+    assert error_of(exc) == ("BadDigest", 400)
+    part = client.upload_part(
+        Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=body, ChecksumCRC32C=good
+    )
+    client.complete_multipart_upload(
+        Bucket=bucket,
+        Key="m",
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": part["ETag"], "ChecksumCRC32C": good}]
+        },
+    )
+    assert get(client, bucket, "m", "bytes=0-99")["data"] == body
+    server.verify_checksums = False
+    try:
+        client.put_object(Bucket=bucket, Key="unchecked", Body=body, ChecksumCRC32C="AAAAAA==")
+    finally:
+        server.verify_checksums = True
 
 
 # ---------------------------------------------------------------------- latency

@@ -79,6 +79,7 @@ class PartInfo:
     number: int
     etag: str
     size: int
+    checksum: str = ""  # the part's CRC32C as sent (S3), when its upload asked for them
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ timeouts / resets are `Transient`.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import contextlib
 import email.utils
@@ -30,6 +31,7 @@ import boto3
 import botocore.exceptions
 import botocore.session
 import botocore.utils
+import google_crc32c
 import urllib3.exceptions
 from botocore.config import Config
 
@@ -91,6 +93,8 @@ _TRANSIENT = frozenset(
         # a concurrent conditional write on the same key: S3 says to retry
         "ConditionalRequestConflict",
         "OperationAborted",
+        # the body's checksum did not match: corrupted on the way, send it again
+        "BadDigest",
     }
 )
 _WRONG_REGION = frozenset(
@@ -127,6 +131,21 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 def _strip(etag: str) -> str:
     return etag.strip().strip('"')
+
+
+def _crc32c(data: bytes) -> str:
+    """The `x-amz-checksum-crc32c` of `data`: base64 of the big-endian CRC32C. S3 verifies it
+    and refuses a body that does not match (BadDigest), so uploads need no SHA-256 of the
+    body in the signature (0.71 CPU s/GiB here, against 0.06 for the CRC32C); mountpoint-s3
+    makes the same choice."""
+    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
+
+
+def _part_entry(part: PartInfo) -> dict[str, Any]:
+    entry: dict[str, Any] = {"PartNumber": part.number, "ETag": _quote(part.etag)}
+    if part.checksum:
+        entry["ChecksumCRC32C"] = part.checksum
+    return entry
 
 
 def _quote(etag: str) -> str:
@@ -268,7 +287,9 @@ class S3Backend(Backend):
             # (`max_attempts` counts *retries* in botocore's Config; `total_max_attempts`
             # counts attempts.)
             retries={"total_max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": options.addressing_style},
+            # UNSIGNED-PAYLOAD: SigV4 signs the headers, and a CRC32C checksum header
+            # (which S3 verifies) protects each body instead of a SHA-256 of it (see `_crc32c`)
+            s3={"addressing_style": options.addressing_style, "payload_signing_enabled": False},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             tcp_keepalive=True,
@@ -440,7 +461,13 @@ class S3Backend(Backend):
         if_none_match: bool = False,
     ) -> ObjectInfo:
         meta = _metadata(metadata)
-        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data, "Metadata": meta}
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": data,
+            "Metadata": meta,
+            "ChecksumCRC32C": _crc32c(data),
+        }
         if if_match is not None:
             kwargs["IfMatch"] = _quote(if_match)
         if if_none_match:
@@ -456,18 +483,36 @@ class S3Backend(Backend):
         )
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str] | None = None) -> str:
+        return self._create_multipart(key, metadata, checksums=True)
+
+    def _create_multipart(
+        self, key: str, metadata: Mapping[str, str] | None, *, checksums: bool
+    ) -> str:
+        """With `checksums`, every part must carry its CRC32C (`upload_part` does) and S3
+        checks each one; a multipart copy's parts are S3's own bytes and go without."""
+        kwargs: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Metadata": _metadata(metadata),
+        }
+        if checksums:
+            kwargs["ChecksumAlgorithm"] = "CRC32C"
         with self._mapped("create_multipart", key):
-            resp = self._client.create_multipart_upload(
-                Bucket=self.bucket, Key=key, Metadata=_metadata(metadata)
-            )
+            resp = self._client.create_multipart_upload(**kwargs)
         return resp["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
+        checksum = _crc32c(data)
         with self._mapped(f"upload_part {number}", key):
             resp = self._client.upload_part(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumCRC32C=checksum,
             )
-        return PartInfo(number=number, etag=_strip(resp["ETag"]), size=len(data))
+        return PartInfo(number=number, etag=_strip(resp["ETag"]), size=len(data), checksum=checksum)
 
     def complete_multipart(
         self,
@@ -483,9 +528,7 @@ class S3Backend(Backend):
             "Bucket": self.bucket,
             "Key": key,
             "UploadId": upload_id,
-            "MultipartUpload": {
-                "Parts": [{"PartNumber": p.number, "ETag": _quote(p.etag)} for p in ordered]
-            },
+            "MultipartUpload": {"Parts": [_part_entry(p) for p in ordered]},
         }
         if if_match is not None:
             kwargs["IfMatch"] = _quote(if_match)
@@ -600,7 +643,7 @@ class S3Backend(Backend):
                 )
             return PartInfo(number=number, etag=_strip(resp["CopyPartResult"]["ETag"]), size=length)
 
-        upload_id = self.create_multipart(dst, metadata=metadata)
+        upload_id = self._create_multipart(dst, metadata, checksums=False)
         try:
             workers = max(1, min(8, len(ranges), self.options.max_connections))
             with ThreadPoolExecutor(workers, thread_name_prefix="s3-copy") as pool:

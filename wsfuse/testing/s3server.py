@@ -43,6 +43,7 @@ endpoint URL on its first line and serves until interrupted.
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import contextlib
 import datetime
@@ -65,6 +66,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, unquote
 
 import boto3
+import google_crc32c
 import moto.s3.models
 from botocore.config import Config
 from moto import settings as moto_settings
@@ -250,6 +252,41 @@ class _ChunkedIO:
         self._chunks = None
 
 
+def _fast_complete(models: Any, original_complete: Any) -> Any:
+    """moto's CompleteMultipartUpload without joining the parts into one new bytes object
+    (the key's value is the list of part objects) and, for CRC32C uploads, with S3's
+    composite checksum computed from the parts: moto's own builder copies the whole object."""
+
+    def complete(self: Any, body: Iterator[tuple[int, str]]) -> tuple[Any, str, Any]:
+        algorithm = str(self.metadata.get("x-amz-checksum-algorithm") or "").upper()
+        checksum_type = str(self.metadata.get("x-amz-checksum-type") or "").upper()
+        if algorithm not in ("", "CRC32C") or checksum_type not in ("", "COMPOSITE"):
+            return original_complete(self, body)  # type: ignore[no-any-return]
+        parts: list[bytes] = []
+        md5s = bytearray()
+        last = None
+        for number, etag in body:
+            part = self.parts.get(number)
+            if part is None or part.etag.replace('"', "") != etag.replace('"', ""):
+                raise models.InvalidPart()
+            if last is not None and last.contentsize < models.S3_UPLOAD_PART_MIN_SIZE:
+                raise models.EntityTooSmall()
+            md5s.extend(bytes.fromhex(part.etag.replace('"', "")))
+            parts.append(part.value)  # the part's own bytes object: no copy
+            last = part
+        if not parts:
+            raise models.MalformedXML()
+        full = models.md5_hash()
+        full.update(bytes(md5s))
+        checksum = None
+        if algorithm:  # S3's composite CRC32C: the CRC32C of the parts' CRC32Cs
+            crcs = b"".join(google_crc32c.value(p).to_bytes(4, "big") for p in parts)
+            checksum = ("COMPOSITE", _b64_crc32c(crcs), len(parts))
+        return _Chunks(parts), f"{full.hexdigest()}-{len(parts)}", checksum
+
+    return complete
+
+
 _patch_lock = threading.Lock()
 _patched = False
 
@@ -270,32 +307,7 @@ def _patch_moto() -> None:
         models: Any = moto.s3.models  # private names, patched on purpose
         # FakeKey spools its value to a temp file above this size; looked up per key creation.
         models.get_s3_default_key_buffer_size = lambda: _IN_MEMORY_LIMIT
-        original_complete = models.FakeMultipart.complete
-
-        def complete(self: Any, body: Iterator[tuple[int, str]]) -> tuple[Any, str, Any]:
-            if self.metadata.get("x-amz-checksum-algorithm") or self.metadata.get(
-                "x-amz-checksum-type"
-            ):
-                return original_complete(self, body)  # type: ignore[no-any-return]
-            parts: list[bytes] = []
-            md5s = bytearray()
-            last = None
-            for number, etag in body:
-                part = self.parts.get(number)
-                if part is None or part.etag.replace('"', "") != etag.replace('"', ""):
-                    raise models.InvalidPart()
-                if last is not None and last.contentsize < models.S3_UPLOAD_PART_MIN_SIZE:
-                    raise models.EntityTooSmall()
-                md5s.extend(bytes.fromhex(part.etag.replace('"', "")))
-                parts.append(part.value)  # the part's own bytes object: no copy
-                last = part
-            if not parts:
-                raise models.MalformedXML()
-            full = models.md5_hash()
-            full.update(bytes(md5s))
-            return _Chunks(parts), f"{full.hexdigest()}-{len(parts)}", None
-
-        models.FakeMultipart.complete = complete
+        models.FakeMultipart.complete = _fast_complete(models, models.FakeMultipart.complete)
 
         value_property = models.FakeKey.value
         original_set_value = value_property.fset
@@ -462,6 +474,7 @@ class S3TestServer:
         latency: float = 0.0,
         require_auth: bool = False,
         fast_ranges: bool = True,
+        verify_checksums: bool = True,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -469,6 +482,9 @@ class S3TestServer:
         self.delays = LatencyEmulator(latency)
         #: serve single-range GETs from the object's slice (False: stock moto, for comparison)
         self.fast_ranges = fast_ranges
+        #: refuse uploads whose x-amz-checksum-crc32c does not match, as S3 does (moto does
+        #: not); benchmarks turn it off, since S3 pays for that check on its own machines
+        self.verify_checksums = verify_checksums
         self._require_auth = require_auth
         self._saved_auth_count: float | None = None
         self._lock = threading.Lock()
@@ -700,6 +716,15 @@ class S3TestServer:
                     UploadId=query.get("uploadId", ""),
                 )
                 return self._respond(entry, start, method, 404, body, [])
+
+            if (
+                self.verify_checksums
+                and kind in (PUT, UPLOAD_PART)
+                and environ.get("HTTP_X_AMZ_CHECKSUM_CRC32C")
+            ):
+                bad_digest = _verify_crc32c(environ, str(environ["HTTP_X_AMZ_CHECKSUM_CRC32C"]))
+                if bad_digest is not None:
+                    return self._respond(entry, start, method, 400, bad_digest, [])
 
             if kind == COMPLETE_MPU and environ.get("HTTP_IF_MATCH") is not None:
                 refused = _complete_refused(bucket, key, str(environ["HTTP_IF_MATCH"]))
@@ -975,6 +1000,28 @@ def _matches(entry: _Entry, kind: str | None, key: str | None, bucket: str | Non
     )
 
 
+def _b64_crc32c(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
+
+
+def _verify_crc32c(environ: WSGIEnviron, expected: str) -> bytes | None:
+    """S3 checks an upload's `x-amz-checksum-crc32c` and refuses a body that does not match
+    (moto ignores it). Returns the BadDigest error body, or None with the body put back for
+    moto to read."""
+    stream = environ["wsgi.input"]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = stream.read() if environ.get("wsgi.input_terminated") else stream.read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    actual = _b64_crc32c(body)
+    if actual == expected:
+        return None
+    return _error_xml(
+        "BadDigest",
+        f"The CRC32C you specified did not match the calculated checksum ({actual}).",
+        "",
+    )
+
+
 def _drain(environ: WSGIEnviron) -> None:
     """Read the request body we are not going to use, so the client can see our answer."""
     stream = environ.get("wsgi.input")
@@ -1045,6 +1092,11 @@ def main(argv: list[str] | None = None) -> None:
         help="check credentials like S3 does (moto's IAM; unknown access keys are refused)",
     )
     parser.add_argument(
+        "--no-verify-checksums",
+        action="store_true",
+        help="accept uploads without checking their x-amz-checksum-crc32c (benchmarks)",
+    )
+    parser.add_argument(
         "--user",
         help="create this IAM user, allowed everything, and print its access key id and "
         "secret on the line after the endpoint (for signed-request tests with --require-auth)",
@@ -1058,7 +1110,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     server = S3TestServer(
-        args.host, args.port, latency=args.latency / 1000, require_auth=args.require_auth
+        args.host,
+        args.port,
+        latency=args.latency / 1000,
+        require_auth=args.require_auth,
+        verify_checksums=not args.no_verify_checksums,
     )
     with server:
         for name in args.bucket:
