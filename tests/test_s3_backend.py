@@ -196,12 +196,12 @@ def test_bad_credentials_are_permission_denied(auth_server: str) -> None:
     backend.close()
 
 
-def test_direct_gets_are_signed_the_way_s3_checks_them(
+def test_direct_requests_are_signed_the_way_s3_checks_them(
     auth_endpoint: AuthServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ranged GETs bypass boto3's client pipeline (wsfuse.backends.s3direct): against a
-    server that verifies SigV4, they must be accepted with the right keys (odd key names
-    included) and refused as PermissionDenied with a wrong secret."""
+    """Ranged GETs and part uploads bypass boto3's client pipeline (wsfuse.backends.s3direct):
+    against a server that verifies SigV4, they must be accepted with the right keys (odd key
+    names included) and refused as PermissionDenied with a wrong secret."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", auth_endpoint.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", auth_endpoint.secret_key)
     options = BackendOptions(endpoint_url=auth_endpoint.url, region="us-east-1")
@@ -224,6 +224,13 @@ def test_direct_gets_are_signed_the_way_s3_checks_them(
     with pytest.raises(errors.NotFound):
         backend.get_range("absent", 0, 10)
     assert backend.get_range("plain", 5000, 10) == b""
+    upload = backend.create_multipart("dir with space/multi ü")
+    parts = [
+        backend.upload_part("dir with space/multi ü", upload, n, ramp("m", n * 7, MIN_PART_SIZE))
+        for n in (1, 2)
+    ]
+    backend.complete_multipart("dir with space/multi ü", upload, parts)
+    assert backend.get_range("dir with space/multi ü", MIN_PART_SIZE, 64) == ramp("m", 14, 64)
     backend.close()
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-" + auth_endpoint.secret_key)
@@ -231,6 +238,8 @@ def test_direct_gets_are_signed_the_way_s3_checks_them(
     assert wrong._direct is not None
     with pytest.raises(errors.PermissionDenied, match="SignatureDoesNotMatch"):
         wrong.get_range("plain", 0, 10)
+    with pytest.raises(errors.PermissionDenied, match="SignatureDoesNotMatch"):
+        wrong.upload_part("dir with space/multi ü", upload, 1, b"x")
     wrong.close()
 
 

@@ -7,8 +7,8 @@ checksums that recent botocore adds by default are off too ("when_required"): TC
 already protect the bytes, and hashing every ranged GET twice costs more CPU than the FUSE
 layer itself.
 
-Ranged GETs, the read path's one hot request, skip the client pipeline (`s3direct`: the
-same signer, HTTP session and error mapping at less than half the CPU per request).
+Ranged GETs and part uploads, the hot requests, skip the client pipeline (`s3direct`: the
+same signer, HTTP session and error mapping, at less CPU per request and per byte).
 
 Errors are mapped in one function, `map_error`, onto `wsfuse.errors`: missing keys and uploads
 are `NotFound`, 403s are `PermissionDenied` with a hint about credentials, 5xx / throttling /
@@ -49,7 +49,7 @@ from wsfuse.backends.base import (
     part_size_for,
 )
 from wsfuse.backends.options import BackendOptions
-from wsfuse.backends.s3direct import DirectGet
+from wsfuse.backends.s3direct import DirectS3
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -317,8 +317,8 @@ class S3Backend(Backend):
                 exc, op="connect", bucket=bucket, endpoint=options.endpoint_url or "S3"
             ) from exc
         self.endpoint = options.endpoint_url or str(self._client.meta.endpoint_url)
-        #: ranged GETs without the client pipeline (None: `get_object` does them)
-        self._direct = DirectGet.create(self._client, session, bucket)
+        #: ranged GETs and part uploads without the client pipeline (None: boto3 does them)
+        self._direct = DirectS3.create(self._client, session, bucket)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -504,15 +504,18 @@ class S3Backend(Backend):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
         checksum = _crc32c(data)
         with self._mapped(f"upload_part {number}", key):
-            resp = self._client.upload_part(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=data,
-                ChecksumCRC32C=checksum,
-            )
-        return PartInfo(number=number, etag=_strip(resp["ETag"]), size=len(data), checksum=checksum)
+            if self._direct is not None:
+                etag = self._direct.upload_part(key, upload_id, number, data, checksum)
+            else:
+                etag = self._client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                    ChecksumCRC32C=checksum,
+                )["ETag"]
+        return PartInfo(number=number, etag=_strip(etag), size=len(data), checksum=checksum)
 
     def complete_multipart(
         self,
