@@ -55,6 +55,29 @@ class AsyncBackend:
         self.bytes_received += sum(map(len, blocks))
         return blocks
 
+    async def get_blocks_then(
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        then: Callable[[list[bytes]], None],
+        *,
+        if_match: str | None = None,
+    ) -> list[bytes]:
+        """`get_blocks`, then `then(blocks)` in the same worker thread: one thread hop
+        instead of two when the blocks only go to the disk cache. Abandoned on cancellation
+        like any read: `then` must be safe to run late (a cache write is)."""
+
+        def fetch_and_then() -> list[bytes]:
+            blocks = self.backend.get_blocks(key, offset, length, block_size, if_match=if_match)
+            then(blocks)
+            return blocks
+
+        blocks = await self._run(fetch_and_then, abandon=True)
+        self.bytes_received += sum(map(len, blocks))
+        return blocks
+
     async def list(
         self, prefix: str, *, delimiter: str | None = "/", token: str | None = None
     ) -> ListPage:

@@ -15,9 +15,9 @@ import trio.testing
 
 from wsfuse.backends.faults import FaultInjectingBackend
 from wsfuse.backends.memory import MemoryBackend
-from wsfuse.cache import BlockCache
+from wsfuse.cache import BlockCache, BlockKey
 from wsfuse.config import DEFAULTS, MountConfig
-from wsfuse.errors import PreconditionFailed
+from wsfuse.errors import BackendError, PreconditionFailed
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
 from wsfuse.testing.ramp import ramp
 
@@ -271,6 +271,32 @@ async def test_files_read_in_name_order_are_fetched_ahead(h: Harness) -> None:
     await wait_for_idle_fetcher(h)
     assert h.backend.counts["get_range"] == 120
     assert h.fs.fetcher.budget.value == h.fs.fetcher.budget_blocks
+
+
+async def test_files_fetched_ahead_are_cached_before_they_are_opened(h: Harness) -> None:
+    """Directory read-ahead stores what it fetched from the worker thread that fetched it:
+    files never opened are in the block cache once the fetches are done, and a failed
+    fetch stores nothing (the file is fetched again when it is opened)."""
+    names = put_shard(h, 40, 64 * 1024)
+    h.faulty.fail("get_range", BackendError("boom"), key="shard/00012.bin")
+    await read_files(h, names[:6])
+    await wait_for_idle_fetcher(h)
+
+    def cached(name: str) -> bool:
+        etag = h.backend.head(f"shard/{name}").etag
+        return h.fs.cache.contains(BlockKey(f"shard/{name}", etag, 0))
+
+    # read-ahead runs in name order from where the reader is: the files after the sixth
+    # that it fetched are a prefix of the rest, all cached but the one that failed
+    ahead = [name for name in names[6:] if cached(name) or name == "00012.bin"]
+    assert len(ahead) >= 8 and ahead == names[6 : 6 + len(ahead)]
+    assert not cached("00012.bin")
+    gets = h.backend.counts["get_range"]
+    got = await read_files(h, names[6:])
+    assert got == {name: ramp(name, 0, 64 * 1024) for name in names[6:]}
+    await wait_for_idle_fetcher(h)
+    # every file once, and 00012 once more (its failed fetch stored nothing)
+    assert h.backend.counts["get_range"] == gets + (40 - 6 - len(ahead)) + 1
 
 
 async def test_interleaved_readers_in_name_order_are_fetched_ahead(h: Harness) -> None:

@@ -280,18 +280,23 @@ class BlockFetcher:
         error: BaseException = FetchCancelled()
         try:
             blocks: list[bytes] = []
+            # Read-ahead nobody will take from memory (a directory's next files) is stored
+            # by the worker thread that fetched it: one thread hop per file, not two.
+            # (`direct` is False exactly for read-ahead without a hand-off, see `start_fetch`)
+            store_there = group is not None and not direct
             with scope:
-                blocks = await self._get_blocks(obj, run)
+                blocks = await self._get_blocks(obj, run, store=store_there, direct=direct)
             if scope.cancelled_caught:
                 self.stats.prefetch_cancelled += 1
                 return
             for pending, block in zip(pendings, blocks, strict=True):
                 pending.data = block
                 pending.done.set()
-            # Keep the in-flight entries until the blocks are on disk, so that nobody
-            # starts a second GET for them in between.
-            async with self.disk_limiter:
-                await trio.to_thread.run_sync(self._store, run, blocks, direct)
+            if not store_there:
+                # Keep the in-flight entries until the blocks are on disk, so that nobody
+                # starts a second GET for them in between.
+                async with self.disk_limiter:
+                    await trio.to_thread.run_sync(self._store, run, blocks, direct)
         except Exception as exc:
             error = exc
             log.debug("fetch of %r blocks %d+%d failed: %s", obj.key, run[0].index, len(run), exc)
@@ -342,16 +347,33 @@ class BlockFetcher:
         if group is not None:
             group.scopes.discard(scope)
 
-    async def _get_blocks(self, obj: PinnedObject, run: list[BlockKey]) -> list[bytes]:
+    async def _get_blocks(
+        self, obj: PinnedObject, run: list[BlockKey], *, store: bool = False, direct: bool = True
+    ) -> list[bytes]:
+        """The blocks of `run` in one GET; with `store`, also written to the cache by the
+        worker thread (only once they are known to be whole)."""
         bs = self.block_size
         offset = run[0].index * bs
         length = min(len(run) * bs, obj.size - offset)
-        blocks = await self.backend.get_blocks(obj.key, offset, length, bs, if_match=obj.etag)
-        got = sum(map(len, blocks))
-        if got != length or len(blocks) != len(run):
-            raise BackendError(
-                f"{obj.key!r}: expected {length} bytes at {offset}, got {got}", key=obj.key
+
+        def check(blocks: list[bytes]) -> None:
+            got = sum(map(len, blocks))
+            if got != length or len(blocks) != len(run):
+                raise BackendError(
+                    f"{obj.key!r}: expected {length} bytes at {offset}, got {got}", key=obj.key
+                )
+
+        if store:
+
+            def check_and_store(blocks: list[bytes]) -> None:
+                check(blocks)
+                self._store(run, blocks, direct)
+
+            return await self.backend.get_blocks_then(
+                obj.key, offset, length, bs, check_and_store, if_match=obj.etag
             )
+        blocks = await self.backend.get_blocks(obj.key, offset, length, bs, if_match=obj.etag)
+        check(blocks)
         return blocks
 
     def _store(self, run: list[BlockKey], blocks: list[bytes], direct: bool) -> None:
