@@ -22,6 +22,7 @@ from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
 from wsfuse.fs.namespace import Entry
+from wsfuse.fs.streaming import MEMORY_PARTS
 from wsfuse.testing.ramp import ramp
 
 MiB = 1 << 20
@@ -319,6 +320,41 @@ async def test_sequential_writer_streams_parts_before_close(w: WHarness) -> None
     await w.fs.release(fh)
     assert w.backend.counts["upload_part"] == streamed + 1  # only the tail at close
     assert w.backend.get_range("ckpt", 0, size) == ramp("ckpt", 0, size)
+    assert w.backend.list_multipart("") == []
+
+
+async def test_streamed_parts_come_from_the_write_buffers_within_a_memory_bound(
+    w: WHarness,
+) -> None:
+    """A contiguous writer's parts are sent from its own write buffers (no read-back of the
+    staging file), at most MEMORY_PARTS at a time however slow the store; a write out of
+    sequence makes the part it lands in read back from the staging file, with the right
+    bytes either way."""
+    w.faulty.latency = 0.05  # parts pile up while the writer goes on
+    size = 64 * MiB + 123
+    fh, ino = await w.create("mem")
+    node = w.fs.inode(ino)
+    peak = 0
+    chunk = 3 * MiB // 2  # writes that straddle part boundaries
+    for off in range(0, size, chunk):
+        await w.fs.write(fh, off, ramp("mem", off, min(chunk, size - off)))
+        if node.stream is not None:
+            peak = max(peak, node.stream.bodies_in_memory)
+    # a rewrite inside the part being gathered (not yet sent): that part is read back
+    stream = node.stream
+    assert stream is not None
+    at = stream.sent_until + 10
+    await w.fs.write(fh, at, b"late")
+    await w.fs.write(fh, size, ramp("mem", size, 1000))
+    await trio.sleep(0)
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert 1 <= peak <= MEMORY_PARTS
+    assert stream.parts_from_memory >= 3
+    assert stream.parts_read_back >= 3  # the first two (before streaming) and the rewritten
+    expected = bytearray(ramp("mem", 0, size + 1000))
+    expected[at : at + 4] = b"late"
+    assert w.backend.get_range("mem", 0, size + 1000) == bytes(expected)
     assert w.backend.list_multipart("") == []
 
 

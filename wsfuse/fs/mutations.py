@@ -130,6 +130,8 @@ class Mutations:
         node.size = staging.size
         if node.stream is None and offset == before and staging.size >= MULTIPART_THRESHOLD:
             node.stream = self._start_stream(node)
+        elif node.stream is not None:
+            node.stream.absorb(data if n == len(data) else data[:n], offset)
         if node.stream is not None:
             node.stream.feed(staging.size)
         node.mtime = self.clock()

@@ -8,6 +8,12 @@ aborts it and uploads the whole file the ordinary way.
 
 Part sizes grow (8 MiB for the first 1,000 parts, then 16 MiB, ...): S3 allows parts of
 different sizes, and the final size is unknown while streaming, yet 10,000 parts must cover it.
+
+A part's bytes come from the writer's own write buffers when it wrote them in one contiguous
+run (`absorb`): reading a part back from the staging file made the writer's next staging
+write queue behind an 8 MiB read on the same disk (every 8th 1 MiB write took 13-17 ms
+instead of ~2). At most `MEMORY_PARTS` such bodies are held at once; beyond that, or after
+any write out of sequence, a part is read back from the staging file as before.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from wsfuse.errors import BackendError
 log = logging.getLogger(__name__)
 
 PARALLEL_PARTS = 8
+MEMORY_PARTS = 4  # part bodies held from write buffers at once (memory bound: 4 x part size)
 
 
 def streaming_part_size(number: int) -> int:
@@ -63,6 +70,21 @@ class StreamingUpload:
         self.error: Exception | None = None
         self.broken = False
         self._limiter = trio.CapacityLimiter(PARALLEL_PARTS)
+        # The writer's buffers since `sent_until`, while they are one contiguous run.
+        self._chunks: list[bytes] = []
+        self._chunked = 0  # their total length
+        self.bodies_in_memory = 0  # parts in flight whose body came from write buffers
+        self.parts_from_memory = 0  # counters, for tests and `wsfuse status`
+        self.parts_read_back = 0
+
+    def absorb(self, data: bytes, offset: int) -> None:
+        """`data` was just staged at `offset`: keep it while it extends the bytes written
+        contiguously from `sent_until` (the next part's start); anything else drops them."""
+        if offset == self.sent_until + self._chunked and not self.broken:
+            self._chunks.append(data)
+            self._chunked += len(data)
+        else:
+            self._chunks, self._chunked = [], 0
 
     def feed(self, size: int) -> None:
         """Start uploading every full part that `size` staged bytes now contain."""
@@ -82,11 +104,27 @@ class StreamingUpload:
             self.broken = True
 
     def _start_part(self, number: int, offset: int, length: int) -> None:
+        body = self._take_body(length)
         self.next_number = number + 1
         self.sent_until = offset + length
         self.in_flight += 1
         self._idle = trio.Event()
-        self.nursery.start_soon(self._send, number, offset, length)
+        self.nursery.start_soon(self._send, number, offset, length, body)
+
+    def _take_body(self, length: int) -> bytes | None:
+        """The next part's `length` bytes from the write buffers, if they hold all of them
+        and the memory bound allows; the rest stays for the part after."""
+        chunks, total = self._chunks, self._chunked
+        self._chunks, self._chunked = [], 0
+        if total < length or self.bodies_in_memory >= MEMORY_PARTS:
+            return None
+        joined = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if total > length:
+            rest = joined[length:]
+            self._chunks, self._chunked = [rest], len(rest)
+            joined = joined[:length]
+        self.bodies_in_memory += 1
+        return joined
 
     async def _ensure_created(self) -> str:
         if self.upload_id is None and not self._creating:
@@ -105,23 +143,29 @@ class StreamingUpload:
             raise BackendError(f"could not start a multipart upload of {self.key!r}", key=self.key)
         return self.upload_id
 
-    async def _send(self, number: int, offset: int, length: int) -> None:
+    async def _send(self, number: int, offset: int, length: int, body: bytes | None) -> None:
         try:
             upload_id = await self._ensure_created()
             raw = self.backend.backend
 
             def part() -> PartInfo:
-                data = self.read(length, offset)
+                data = body if body is not None else self.read(length, offset)
                 if len(data) != length:
                     raise BackendError(f"staging file of {self.key!r} shrank", key=self.key)
                 return raw.upload_part(self.key, upload_id, number, data)
 
             async with self._limiter:
                 self.parts[number] = await self.backend.run_sync(part)
+            if body is not None:
+                self.parts_from_memory += 1
+            else:
+                self.parts_read_back += 1
         except Exception as exc:
             if self.error is None:
                 self.error = exc
         finally:
+            if body is not None:
+                self.bodies_in_memory -= 1
             self.in_flight -= 1
             if self.in_flight == 0:
                 self._idle.set()
