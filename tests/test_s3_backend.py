@@ -243,6 +243,27 @@ def test_direct_requests_are_signed_the_way_s3_checks_them(
     wrong.close()
 
 
+def test_a_wrong_region_answer_hands_the_direct_path_back_to_boto3(
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct path signs for the client's region and cannot follow S3's region
+    redirects the way boto3's client does: a PermanentRedirect switches it off and the
+    request is made again through boto3."""
+    s3.put("k", b"0123456789")
+    assert s3._direct is not None
+
+    def redirected(*args: Any, **kwargs: Any) -> Any:
+        raise ClientError(
+            {"Error": {"Code": "PermanentRedirect", "Message": "use the other endpoint"}},
+            "GetObject",
+        )
+
+    monkeypatch.setattr(s3._direct, "get", redirected)
+    assert s3.get_range("k", 2, 3) == b"234"
+    assert s3._direct is None
+    assert s3.get_range("k", 0, 2) == b"01"
+
+
 def test_a_short_body_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """A server that closes the connection before Content-Length bytes: the read fails as
     Transient (retried), never returns the short data."""

@@ -17,7 +17,7 @@ from wsfuse.backends.base import ObjectInfo
 from wsfuse.backends.faults import FaultInjectingBackend
 from wsfuse.backends.memory import MemoryBackend
 from wsfuse.cache import BlockCache
-from wsfuse.errors import BackendError, Transient
+from wsfuse.errors import BackendError, NotFound, Transient
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
@@ -355,6 +355,46 @@ async def test_streamed_parts_come_from_the_write_buffers_within_a_memory_bound(
     expected = bytearray(ramp("mem", 0, size + 1000))
     expected[at : at + 4] = b"late"
     assert w.backend.get_range("mem", 0, size + 1000) == bytes(expected)
+    assert w.backend.list_multipart("") == []
+
+
+async def test_renaming_a_file_while_it_streams_keeps_its_bytes(w: WHarness) -> None:
+    """Its streamed parts went to the old key: the upload under the new name must not
+    complete that stream (the bytes would land under the old name, then be deleted)."""
+    size = 30 * MiB
+    fh, _ = await w.create("before")
+    for off in range(0, size, MiB):
+        await w.fs.write(fh, off, ramp("ck", off, MiB))
+    await trio.sleep(0.1)
+    await w.fs.rename(ROOT_INO, "before", ROOT_INO, "after", 0)
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert w.backend.get_range("after", 0, size + 1000) == ramp("ck", 0, size)
+    with pytest.raises(NotFound):
+        w.backend.head("before")
+    assert w.backend.list_multipart("") == []
+
+
+async def test_a_failed_stream_part_stops_holding_write_buffers(w: WHarness) -> None:
+    """After a part upload failed, nothing more is sent from memory: the writer's buffers
+    are not kept (a long checkpoint would otherwise pile up in the daemon), and close still
+    uploads the file whole."""
+    w.faulty.fail("upload_part", BackendError("refused"), times=1)
+    size = 48 * MiB
+    fh, ino = await w.create("f")
+    for off in range(0, 24 * MiB, MiB):
+        await w.fs.write(fh, off, ramp("f", off, MiB))
+    stream = w.fs.inode(ino).stream
+    assert stream is not None
+    with trio.fail_after(5):
+        while stream.error is None:
+            await trio.sleep(0.01)
+    for off in range(24 * MiB, size, MiB):
+        await w.fs.write(fh, off, ramp("f", off, MiB))
+        assert stream._chunked <= MiB  # the last write at most, never piling up
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert w.backend.get_range("f", 0, size) == ramp("f", 0, size)
     assert w.backend.list_multipart("") == []
 
 

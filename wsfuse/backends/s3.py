@@ -21,11 +21,12 @@ import base64
 import builtins
 import contextlib
 import email.utils
+import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
 import botocore.exceptions
@@ -50,6 +51,9 @@ from wsfuse.backends.base import (
 )
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.s3direct import DirectS3
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -333,6 +337,29 @@ class S3Backend(Backend):
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._error(exc, op, key) from exc
 
+    def _direct_for(self, key: str, request: Callable[[DirectS3], T]) -> T | None:
+        """`request` through the direct path, or None: boto3 must do it. The direct path
+        signs for the client's region and cannot follow S3's region redirects as boto3's
+        client does; the first "wrong region" answer switches it off for good."""
+        direct = self._direct
+        if direct is None:
+            return None
+        try:
+            return request(direct)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code") or "")
+            if code not in _WRONG_REGION:
+                raise
+            log.info(
+                "s3://%s answers %s to requests signed for region %s: letting boto3 follow "
+                "its region redirects from now on",
+                self.bucket,
+                code,
+                self._client.meta.region_name,
+            )
+            self._direct = None
+            return None
+
     def _error(self, exc: BaseException, op: str, key: str | None) -> errors.BackendError:
         return map_error(exc, op=op, bucket=self.bucket, key=key, endpoint=self.endpoint)
 
@@ -394,8 +421,11 @@ class S3Backend(Backend):
 
         try:
             with self._mapped("get", key):
-                if self._direct is not None:
-                    status = self._direct.get(key, kwargs["Range"], kwargs.get("IfMatch"), consume)
+                direct = self._direct_for(
+                    key, lambda d: d.get(key, kwargs["Range"], kwargs.get("IfMatch"), consume)
+                )
+                if direct is not None:
+                    status = direct
                 else:
                     resp = self._client.get_object(**kwargs)
                     status = int(resp.get("ResponseMetadata", {}).get("HTTPStatusCode") or 206)
@@ -504,8 +534,11 @@ class S3Backend(Backend):
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
         checksum = _crc32c(data)
         with self._mapped(f"upload_part {number}", key):
-            if self._direct is not None:
-                etag = self._direct.upload_part(key, upload_id, number, data, checksum)
+            direct_etag = self._direct_for(
+                key, lambda d: d.upload_part(key, upload_id, number, data, checksum)
+            )
+            if direct_etag is not None:
+                etag = direct_etag
             else:
                 etag = self._client.upload_part(
                     Bucket=self.bucket,

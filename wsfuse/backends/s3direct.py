@@ -28,7 +28,7 @@ import logging
 import re
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import botocore.exceptions
 from botocore.auth import S3SigV4Auth
@@ -85,8 +85,23 @@ class DirectS3:
                 return None
             path = parts.path[: -len(_PROBE_KEY)]
             region = str(client.meta.region_name or "us-east-1")
-        except (AttributeError, botocore.exceptions.BotoCoreError) as exc:
-            log.debug("direct GETs unavailable (%s); using boto3's get_object", exc)
+            # Only plain SigV4 for service s3 in the client's region is re-created here
+            # (not SigV4A, S3 Express session tokens or another signing region).
+            # (A presigned URL is SigV2 unless the client was configured for s3v4; when it
+            # is SigV4, its scope must be ours.)
+            query = parse_qs(parts.query)
+            if "X-Amz-S3session-Token" in query:
+                return None
+            if "X-Amz-Algorithm" in query:
+                scope = (query.get("X-Amz-Credential") or [""])[0].split("/")
+                if (
+                    query["X-Amz-Algorithm"] != ["AWS4-HMAC-SHA256"]
+                    or len(scope) != 5
+                    or scope[2:4] != [region, "s3"]
+                ):
+                    return None
+        except Exception as exc:  # any surprise means: let boto3 do it
+            log.debug("direct S3 requests unavailable (%s); using boto3", exc)
             return None
         base_url = f"{parts.scheme}://{parts.netloc}{path}"
         return cls(base_url, http_session, credentials, region, client.meta.config)
@@ -113,16 +128,19 @@ class DirectS3:
         prepared.stream_output = True
         response = self._http.send(prepared)
         raw = response.raw
+        error_body = b""
         try:
             status = int(response.status_code)
             if status >= 300:
-                raise _client_error(status, raw.read(), "GetObject")
-            length = int(response.headers.get("Content-Length", -1))
-            consume(raw, status, length)
+                error_body = raw.read()
+            else:
+                consume(raw, status, int(response.headers.get("Content-Length", -1)))
         except BaseException:
             raw.close()  # never return a connection with an unread body to the pool
             raise
-        raw.release_conn()
+        raw.release_conn()  # the body was read whole (an error's too): reusable
+        if status >= 300:
+            raise _client_error(status, error_body, "GetObject")
         return status
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes, checksum: str) -> str:

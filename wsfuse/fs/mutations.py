@@ -196,7 +196,12 @@ class Mutations:
         info: ObjectInfo | None = None
         stream, node.stream = node.stream, None
         if stream is not None:
-            if stream.broken or stream.metadata != posixmeta.encode(attrs):
+            # (a file renamed while it streamed: its parts went to the old key)
+            if (
+                stream.broken
+                or stream.key != node.path
+                or stream.metadata != posixmeta.encode(attrs)
+            ):
                 await stream.abort()
             else:
                 try:

@@ -80,7 +80,7 @@ class StreamingUpload:
     def absorb(self, data: bytes, offset: int) -> None:
         """`data` was just staged at `offset`: keep it while it extends the bytes written
         contiguously from `sent_until` (the next part's start); anything else drops them."""
-        if offset == self.sent_until + self._chunked and not self.broken:
+        if offset == self.sent_until + self._chunked and not self.broken and self.error is None:
             self._chunks.append(data)
             self._chunked += len(data)
         else:
@@ -89,6 +89,7 @@ class StreamingUpload:
     def feed(self, size: int) -> None:
         """Start uploading every full part that `size` staged bytes now contain."""
         if self.broken or self.error is not None:
+            self._chunks, self._chunked = [], 0  # nothing more will be sent from memory
             return
         while size - self.sent_until >= streaming_part_size(self.next_number):
             if self.next_number > MAX_PARTS - 1:
