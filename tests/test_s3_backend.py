@@ -333,6 +333,44 @@ def test_uploads_carry_a_crc32c_that_the_server_verifies(
     assert [r.status for r in server.requests if r.kind in ("PUT", "UPLOAD_PART")] == [400, 400]
 
 
+def test_upload_checksums_off_for_stores_that_refuse_them(
+    server: S3TestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--upload-checksums off` (`-o upload_checksums=off`): no checksum header on PUTs or
+    parts (a wrong one would be refused), and multipart uploads complete without them."""
+    from wsfuse.cli import backend_options, build_parser, expand_o_options
+
+    parser = build_parser()
+    argv = ["mount", "s3://b", "/mnt/x", "-o", "upload_checksums=off"]
+    args = parser.parse_args(expand_o_options(parser, argv))
+    assert backend_options(args).upload_checksums == "off"
+
+    import wsfuse.backends.s3 as s3_module
+
+    monkeypatch.setattr(s3_module, "_crc32c", lambda body: "AAAAAA==")
+    name = fresh_bucket_name("nock")
+    server.create_bucket(name)
+    options = BackendOptions(
+        endpoint_url=server.endpoint_url, region="us-east-1", upload_checksums="off"
+    )
+    backend = S3Backend(name, options)
+    try:
+        backend.put("small", b"no checksum")
+        upload = backend.create_multipart("big")
+        parts = [
+            backend.upload_part(
+                "big", upload, n, ramp("big", (n - 1) * MIN_PART_SIZE, MIN_PART_SIZE)
+            )
+            for n in (1, 2)
+        ]
+        assert all(p.checksum == "" for p in parts)
+        backend.complete_multipart("big", upload, parts)
+        assert backend.get_range("big", 0, 2 * MIN_PART_SIZE) == ramp("big", 0, 2 * MIN_PART_SIZE)
+        assert backend.get_range("small", 0, 100) == b"no checksum"
+    finally:
+        backend.close()
+
+
 def test_no_credentials_is_permission_denied(
     server: S3TestServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:

@@ -45,6 +45,13 @@ def _add_backend_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--profile", help="AWS profile name for credentials")
     g.add_argument("--addressing-style", choices=("auto", "path", "virtual"), default="auto")
     g.add_argument(
+        "--upload-checksums",
+        choices=("crc32c", "off"),
+        default="crc32c",
+        help="S3: send a CRC32C with every upload for the store to verify (default), or off "
+        "for stores that refuse x-amz-checksum headers (bodies are then signed with SHA-256)",
+    )
+    g.add_argument(
         "--provider",
         choices=("s3", "gcs"),
         help="provider of a bare bucket name in $ANYSCALE_CLOUD_STORAGE_BUCKET (default: s3)",
@@ -254,6 +261,7 @@ def backend_options(args: argparse.Namespace) -> BackendOptions:
         region=args.region,
         profile=args.profile,
         addressing_style=args.addressing_style,
+        upload_checksums=args.upload_checksums,
         provider=args.provider,
     )
 

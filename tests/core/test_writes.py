@@ -358,6 +358,27 @@ async def test_streamed_parts_come_from_the_write_buffers_within_a_memory_bound(
     assert w.backend.list_multipart("") == []
 
 
+async def test_an_unaligned_writer_streams_from_memory_after_the_first_parts(
+    w: WHarness,
+) -> None:
+    """Writes of 1.5 MiB straddle part boundaries, and the one that starts the stream ends
+    past its last full part: its tail starts the next part in memory, so only the parts
+    staged before streaming began are read back."""
+    size = 40 * MiB + 77
+    fh, ino = await w.create("odd")
+    chunk = 3 * MiB // 2
+    for off in range(0, size, chunk):
+        await w.fs.write(fh, off, ramp("odd", off, min(chunk, size - off)))
+        await trio.sleep(0.01)  # let finished parts return their memory
+    stream = w.fs.inode(ino).stream
+    assert stream is not None
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert stream.parts_read_back == 2
+    assert stream.parts_from_memory == stream.next_number - 1 - 2
+    assert w.backend.get_range("odd", 0, size) == ramp("odd", 0, size)
+
+
 async def test_renaming_a_file_while_it_streams_keeps_its_bytes(w: WHarness) -> None:
     """Its streamed parts went to the old key: the upload under the new name must not
     complete that stream (the bytes would land under the old name, then be deleted)."""

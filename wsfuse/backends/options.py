@@ -8,6 +8,7 @@ from typing import Literal
 from wsfuse.backends.retry import RetryPolicy
 
 AddressingStyle = Literal["auto", "path", "virtual"]
+UploadChecksums = Literal["crc32c", "off"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,9 @@ class BackendOptions:
     profile: str | None = None  # AWS profile name
     addressing_style: AddressingStyle = "auto"
     provider: str | None = None  # "s3" or "gcs", for a bare bucket name in the environment
+    # S3: a CRC32C per upload that the store verifies, instead of a SHA-256 of the body in
+    # the signature; "off" for S3-compatible stores that refuse x-amz-checksum-* headers
+    upload_checksums: UploadChecksums = "crc32c"
     # Connection pool = the most requests in flight; sized to the prefetcher's and uploader's
     # parallelism (16 ranged GETs + 8 part uploads) with headroom.
     max_connections: int = 32

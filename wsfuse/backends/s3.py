@@ -293,7 +293,12 @@ class S3Backend(Backend):
             retries={"total_max_attempts": 1, "mode": "standard"},
             # UNSIGNED-PAYLOAD: SigV4 signs the headers, and a CRC32C checksum header
             # (which S3 verifies) protects each body instead of a SHA-256 of it (see `_crc32c`)
-            s3={"addressing_style": options.addressing_style, "payload_signing_enabled": False},
+            # (without checksums, botocore's default: bodies signed over plain http)
+            s3=(
+                {"addressing_style": options.addressing_style, "payload_signing_enabled": False}
+                if options.upload_checksums == "crc32c"
+                else {"addressing_style": options.addressing_style}
+            ),
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             tcp_keepalive=True,
@@ -321,6 +326,7 @@ class S3Backend(Backend):
                 exc, op="connect", bucket=bucket, endpoint=options.endpoint_url or "S3"
             ) from exc
         self.endpoint = options.endpoint_url or str(self._client.meta.endpoint_url)
+        self._checksums = options.upload_checksums == "crc32c"
         #: ranged GETs and part uploads without the client pipeline (None: boto3 does them)
         self._direct = DirectS3.create(self._client, session, bucket)
 
@@ -496,8 +502,9 @@ class S3Backend(Backend):
             "Key": key,
             "Body": data,
             "Metadata": meta,
-            "ChecksumCRC32C": _crc32c(data),
         }
+        if self._checksums:
+            kwargs["ChecksumCRC32C"] = _crc32c(data)
         if if_match is not None:
             kwargs["IfMatch"] = _quote(if_match)
         if if_none_match:
@@ -513,7 +520,7 @@ class S3Backend(Backend):
         )
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str] | None = None) -> str:
-        return self._create_multipart(key, metadata, checksums=True)
+        return self._create_multipart(key, metadata, checksums=self._checksums)
 
     def _create_multipart(
         self, key: str, metadata: Mapping[str, str] | None, *, checksums: bool
@@ -532,7 +539,7 @@ class S3Backend(Backend):
         return resp["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> PartInfo:
-        checksum = _crc32c(data)
+        checksum = _crc32c(data) if self._checksums else ""
         with self._mapped(f"upload_part {number}", key):
             direct_etag = self._direct_for(
                 key, lambda d: d.upload_part(key, upload_id, number, data, checksum)
@@ -540,14 +547,16 @@ class S3Backend(Backend):
             if direct_etag is not None:
                 etag = direct_etag
             else:
-                etag = self._client.upload_part(
-                    Bucket=self.bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=data,
-                    ChecksumCRC32C=checksum,
-                )["ETag"]
+                kwargs: dict[str, Any] = {
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "UploadId": upload_id,
+                    "PartNumber": number,
+                    "Body": data,
+                }
+                if checksum:
+                    kwargs["ChecksumCRC32C"] = checksum
+                etag = self._client.upload_part(**kwargs)["ETag"]
         return PartInfo(number=number, etag=_strip(etag), size=len(data), checksum=checksum)
 
     def complete_multipart(

@@ -144,7 +144,7 @@ class DirectS3:
         return status
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes, checksum: str) -> str:
-        """UploadPart of `data` (CRC32C `checksum`, base64) as one `sendall` of the bytes
+        """UploadPart of `data` (CRC32C `checksum`, base64, or "") as one `sendall` of the bytes
         (boto3 wraps a body in a file object that urllib3 sends 16 KiB at a time); returns
         the part's ETag as S3 sent it."""
         query = f"?partNumber={number}&uploadId={quote(upload_id, safe='')}"
@@ -152,8 +152,10 @@ class DirectS3:
             method="PUT",
             url=self._base_url + quote(key, safe="/~") + query,
             data=data,
-            headers={"Content-Length": str(len(data)), "x-amz-checksum-crc32c": checksum},
+            headers={"Content-Length": str(len(data))},
         )
+        if checksum:
+            request.headers["x-amz-checksum-crc32c"] = checksum
         self._sign(request)
         response = self._http.send(request.prepare())
         status = int(response.status_code)

@@ -129,10 +129,14 @@ class Mutations:
         n = staging.pwrite(data, offset)
         node.size = staging.size
         if node.stream is None and offset == before and staging.size >= MULTIPART_THRESHOLD:
-            node.stream = self._start_stream(node)
+            node.stream = stream = self._start_stream(node)
+            if stream is not None:
+                stream.feed(staging.size)  # the full parts staged so far: read back
+                tail = stream.sent_until  # this write's bytes past them start the next part
+                if offset <= tail < offset + n:
+                    stream.absorb(data[tail - offset : n], tail)
         elif node.stream is not None:
             node.stream.absorb(data if n == len(data) else data[:n], offset)
-        if node.stream is not None:
             node.stream.feed(staging.size)
         node.mtime = self.clock()
         if node.attrs.mtime is not None:  # an mtime set by utimens no longer holds
