@@ -73,7 +73,7 @@ from gcp_storage_emulator.handlers import objects as emu_objects
 from gcp_storage_emulator.storage import Storage
 
 from wsfuse.backends.base import Capabilities
-from wsfuse.testing.latency import LatencyEmulator
+from wsfuse.testing.latency import EmulatesLatency, LatencyEmulator
 
 log = logging.getLogger(__name__)
 
@@ -653,7 +653,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         log.debug("gcs emulator: " + format, *args)
 
 
-class GCSTestServer:
+class GCSTestServer(EmulatesLatency):
     """The patched emulator on `endpoint_url`; a context manager (start / stop)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency: float = 0.0) -> None:
@@ -745,19 +745,6 @@ class GCSTestServer:
     def reset_stats(self) -> None:
         with self._lock:
             self._counts.clear()
-
-    @property
-    def latency(self) -> float:
-        """Seconds every request waits before it is answered (time-to-first-byte)."""
-        return self.delays.latency
-
-    @latency.setter
-    def latency(self, seconds: float) -> None:
-        self.delays.latency = seconds
-
-    def no_latency(self) -> contextlib.AbstractContextManager[None]:
-        """Within this block requests are answered without the emulated latency."""
-        return self.delays.no_latency()
 
     def fail_next(
         self, kind: str, *, status: int = 503, times: int = 1, key: str | None = None

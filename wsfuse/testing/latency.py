@@ -68,3 +68,23 @@ class LatencyEmulator:
         with self._lock:
             self._peak = self._sleeping
             self._delayed = 0
+
+
+class EmulatesLatency:
+    """The test servers' face of their `delays`: `server.latency = 0.02` and
+    `with server.no_latency():`."""
+
+    delays: LatencyEmulator
+
+    @property
+    def latency(self) -> float:
+        """Seconds every request waits before it is answered (time-to-first-byte)."""
+        return self.delays.latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.delays.latency = seconds
+
+    def no_latency(self) -> contextlib.AbstractContextManager[None]:
+        """Within this block requests are answered without the emulated latency."""
+        return self.delays.no_latency()

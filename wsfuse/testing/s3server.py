@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import base64
 import bisect
-import contextlib
 import datetime
 import hashlib
 import io
@@ -79,7 +78,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from wsfuse.testing.latency import LatencyEmulator
+from wsfuse.testing.latency import EmulatesLatency, LatencyEmulator
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -457,7 +456,7 @@ _REASONS = {
 }
 
 
-class S3TestServer:
+class S3TestServer(EmulatesLatency):
     """moto's S3 server on 127.0.0.1 (a free port unless given), in background threads.
 
     Use as a context manager (or `start()` / `stop()`); `endpoint_url` is the URL to give
@@ -563,19 +562,6 @@ class S3TestServer:
         return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------------ harness helpers
-
-    @property
-    def latency(self) -> float:
-        """Seconds every request waits before it is handled (time-to-first-byte)."""
-        return self.delays.latency
-
-    @latency.setter
-    def latency(self, seconds: float) -> None:
-        self.delays.latency = seconds
-
-    def no_latency(self) -> contextlib.AbstractContextManager[None]:
-        """Within this block requests are answered without the emulated latency."""
-        return self.delays.no_latency()
 
     def create_bucket(self, name: str, region: str = "us-east-1") -> None:
         """Create `name` directly in moto's backend (no request; existing is fine)."""
