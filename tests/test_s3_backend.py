@@ -23,6 +23,7 @@ from botocore.exceptions import (
 from tests.conftest import TEST_RETRY, AuthServer, fresh_bucket_name
 from wsfuse import errors
 from wsfuse.backends.base import MIN_PART_SIZE
+from wsfuse.backends.httpbody import BlockBody
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.retry import RetryingBackend, RetryPolicy
 from wsfuse.backends.s3 import S3Backend, map_error
@@ -262,6 +263,28 @@ def test_a_wrong_region_answer_hands_the_direct_path_back_to_boto3(
     assert s3.get_range("k", 2, 3) == b"234"
     assert s3._direct is None
     assert s3.get_range("k", 0, 2) == b"01"
+
+
+def test_ranged_gets_read_each_block_straight_from_the_socket(
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct GET reads its body with one `recv(MSG_WAITALL)` per block (BlockBody), not
+    through urllib3's read loop; the bytes are the object's."""
+    data = ramp("k", 0, 5 * 1024 * 1024 + 321)
+    s3.put("k", data)
+    reads: list[int] = []
+    original = BlockBody.read
+
+    def counting(self: BlockBody, amt: int | None = None) -> bytes:
+        piece = original(self, amt)
+        reads.append(len(piece))
+        return piece
+
+    monkeypatch.setattr(BlockBody, "read", counting)
+    blocks = s3.get_blocks("k", 100, len(data) - 100, 1024 * 1024)
+    assert b"".join(blocks) == data[100:]
+    assert [len(b) for b in blocks] == [1024 * 1024] * 5 + [221]
+    assert sum(reads) == len(data) - 100 and len(reads) >= 6
 
 
 def test_a_short_body_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:

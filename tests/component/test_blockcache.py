@@ -26,7 +26,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from wsfuse.cache import schema
+from wsfuse.cache import blockcache, schema
 from wsfuse.cache.blockcache import BlockCache
 from wsfuse.cache.index import MetadataIndex
 from wsfuse.cache.lock import CacheDirLock
@@ -355,6 +355,41 @@ class FakeDisk:
 
     def __call__(self) -> int:
         return self.size - self.used()
+
+
+def test_free_space_is_sampled_far_from_the_guard_and_measured_near_it(
+    open_cache: Callable[..., BlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One `statvfs` per second while far above the guard (blocks written since are counted
+    as used), one per put when close to it."""
+    free = [50 << 30]
+    calls = []
+
+    def statvfs_free() -> int:
+        calls.append(free[0])
+        return free[0]
+
+    cache = open_cache(min_free=1 << 30)
+    monkeypatch.setattr(cache, "_statvfs_free", statvfs_free)
+    keys = [BlockKey("k", "e", i) for i in range(8)]
+    for bkey in keys[:4]:
+        cache.put(bkey, block_data(bkey))
+    assert len(calls) == 1
+    assert cache._sampled_free() < free[0] - 4 * BS  # what was written since is counted
+
+    free[0] = (1 << 30) + (1 << 29)  # half a GiB above the guard: measure every time
+    monkeypatch.setattr(blockcache, "FREE_SAMPLE_SECONDS", 0.0)
+    cache.put(keys[4], block_data(keys[4]))
+    monkeypatch.setattr(blockcache, "FREE_SAMPLE_SECONDS", 3600.0)
+    for bkey in keys[5:]:
+        cache.put(bkey, block_data(bkey))
+    assert len(calls) == 5
+    assert all(cache.contains(k) for k in keys)
+
+    free[0] = (1 << 30) - 1  # something else filled the disk: the next put sees it at once
+    cache.put(BlockKey("k", "e", 99), block_data(keys[0]))
+    assert len(calls) == 6
+    assert cache.statistics().evictions >= 1  # and evicts to stay above the guard
 
 
 def test_free_space_guard(

@@ -34,6 +34,8 @@ import botocore.exceptions
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
+from wsfuse.backends.httpbody import BlockBody
+
 log = logging.getLogger(__name__)
 
 _PROBE_KEY = "wsfuse-probe-key"
@@ -113,8 +115,9 @@ class DirectS3:
         if_match: str | None,
         consume: Callable[[Any, int, int], None],
     ) -> int:
-        """GET `key` with the `Range` header `byte_range`; `consume(raw, status, length)`
-        reads the body from the urllib3 response `raw` (`length`: its Content-Length, or -1).
+        """GET `key` with the `Range` header `byte_range`; `consume(body, status, length)`
+        reads the body (`length`: its Content-Length, or -1) with `body.read([amt])`, from
+        a `BlockBody` where it applies, else from the urllib3 response.
         Returns the HTTP status (200 or 206). Errors raise botocore exceptions, as
         `get_object` would."""
         headers = {"Range": byte_range}
@@ -131,10 +134,14 @@ class DirectS3:
         error_body = b""
         try:
             status = int(response.status_code)
+            length = int(response.headers.get("Content-Length", -1))
             if status >= 300:
                 error_body = raw.read()
+            elif (body := BlockBody.open(raw)) is not None:
+                with body:
+                    consume(body, status, length)
             else:
-                consume(raw, status, int(response.headers.get("Content-Length", -1)))
+                consume(raw, status, length)
         except BaseException:
             raw.close()  # never return a connection with an unread body to the pool
             raise

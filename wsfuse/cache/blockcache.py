@@ -60,6 +60,13 @@ ATIME_FLUSH_INTERVAL: Final = 30.0
 #: guard): the condition usually lasts, and one line per 1 MiB read would flood the log.
 SKIP_WARNING_INTERVAL: Final = 60.0
 
+#: The free-space guard measures the disk (`statvfs`) at most once per this many seconds
+#: while it is more than `FREE_SAMPLE_MARGIN` above the guard, counting every byte written
+#: since as used: a cold read stores a block per MiB, and each `statvfs` was one more system
+#: call (one more GIL round trip) per block. Closer to the guard, it measures on every put.
+FREE_SAMPLE_SECONDS: Final = 1.0
+FREE_SAMPLE_MARGIN: Final = 1 << 30
+
 #: Free bytes on the cache's filesystem (injectable so tests can simulate a full disk).
 DiskFree = Callable[[], int]
 #: Wall-clock seconds for access times (injectable so tests control the LRU order).
@@ -122,7 +129,9 @@ class BlockCache:
         self._clock = clock
         self._dir = os.fspath(directory)
         self._tmp_dir = os.path.join(self._dir, schema.TMP_DIR)
-        self._disk_free = disk_free or self._statvfs_free
+        self._disk_free = disk_free or self._sampled_free
+        self._free_sample: tuple[int, float] | None = None  # (bytes free, monotonic time)
+        self._written_since_sample = 0  # disk bytes of puts ended since that sample
         self._tmp_names = itertools.count()  # next() is atomic under the GIL
         self._files = BlockFileWriter(block_size)
 
@@ -482,6 +491,7 @@ class BlockCache:
         self._writing.discard(bid)
         self._reserved -= size
         self._reserved_disk -= disk_bytes
+        self._written_since_sample += disk_bytes  # written or not: counted as used
         if bid in self._doomed:
             self._doomed.discard(bid)
             return True
@@ -604,6 +614,19 @@ class BlockCache:
 
     def _path(self, bid: bytes) -> str:
         return f"{self._dir}/{block_relpath(bid)}"
+
+    def _sampled_free(self) -> int:
+        """Free bytes on the cache's disk, from a recent `statvfs` when far from the guard
+        (see `FREE_SAMPLE_SECONDS`). Called under `_lock`."""
+        now = time.monotonic()
+        if self._free_sample is not None and now - self._free_sample[1] < FREE_SAMPLE_SECONDS:
+            estimate = self._free_sample[0] - self._written_since_sample
+            if estimate - self._min_free > FREE_SAMPLE_MARGIN:
+                return estimate
+        free = self._statvfs_free()
+        self._free_sample = (free, now)
+        self._written_since_sample = 0
+        return free
 
     def _statvfs_free(self) -> int:
         st = os.statvfs(self._dir)
