@@ -268,6 +268,16 @@ def test_upload_checksums_are_verified_as_s3_does(
     part = client.upload_part(
         Bucket=bucket, Key="m", UploadId=upload_id, PartNumber=1, Body=body, ChecksumCRC32C=good
     )
+    # An upload created with a checksum completes only with each part's checksum, as on S3.
+    for parts, code in (
+        ([{"PartNumber": 1, "ETag": part["ETag"]}], "InvalidRequest"),
+        ([{"PartNumber": 1, "ETag": part["ETag"], "ChecksumCRC32C": "AAAAAA=="}], "InvalidPart"),
+    ):
+        with pytest.raises(ClientError) as exc:
+            client.complete_multipart_upload(
+                Bucket=bucket, Key="m", UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        assert error_of(exc) == (code, 400)
     client.complete_multipart_upload(
         Bucket=bucket,
         Key="m",

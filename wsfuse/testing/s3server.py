@@ -712,6 +712,11 @@ class S3TestServer(EmulatesLatency):
                 if bad_digest is not None:
                     return self._respond(entry, start, method, 400, bad_digest, [])
 
+            if kind == COMPLETE_MPU and self.verify_checksums:
+                refused = _complete_checksums_refused(environ, bucket, query.get("uploadId", ""))
+                if refused is not None:
+                    return self._respond(entry, start, method, *refused, [])
+
             if kind == COMPLETE_MPU and environ.get("HTTP_IF_MATCH") is not None:
                 refused = _complete_refused(bucket, key, str(environ["HTTP_IF_MATCH"]))
                 if refused is not None:
@@ -924,6 +929,57 @@ def _complete_refused(
         Condition="If-Match",
     )
     return 412, body
+
+
+_PART = re.compile(rb"<Part>(.*?)</Part>", re.DOTALL)
+_PART_NUMBER = re.compile(rb"<PartNumber>\s*(\d+)\s*</PartNumber>")
+_PART_CRC32C = re.compile(rb"<ChecksumCRC32C>\s*(.*?)\s*</ChecksumCRC32C>")
+
+
+def _complete_checksums_refused(
+    environ: WSGIEnviron, bucket: str | None, upload_id: str
+) -> tuple[int, bytes] | None:
+    """(status, body) of a CompleteMultipartUpload that S3 refuses because the upload was
+    created with a CRC32C checksum and a part's `ChecksumCRC32C` is missing or wrong (moto
+    does not check); None otherwise, with the request body put back for moto."""
+    if not bucket or not _auth_disabled():
+        return None
+    fake_bucket = _s3_backend().buckets.get(bucket)
+    multipart = fake_bucket.multiparts.get(upload_id) if fake_bucket is not None else None
+    if multipart is None:
+        return None
+    if str(multipart.metadata.get("x-amz-checksum-algorithm") or "").upper() != "CRC32C":
+        return None
+    stream = environ["wsgi.input"]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = stream.read() if environ.get("wsgi.input_terminated") else stream.read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    resource = f"/{bucket}/{multipart.key_name}"
+    for part_xml in _PART.findall(body):
+        number_match = _PART_NUMBER.search(part_xml)
+        if number_match is None:
+            continue  # moto answers a malformed part itself
+        number = int(number_match.group(1))
+        checksum = _PART_CRC32C.search(part_xml)
+        if checksum is None:
+            return 400, _error_xml(
+                "InvalidRequest",
+                "The upload was created using a crc32c checksum. The complete request must "
+                f"include the checksum for each part. It was missing for part {number} in "
+                "the request.",
+                resource,
+            )
+        part = multipart.parts.get(number)
+        if part is not None and _b64_crc32c(part.value) != checksum.group(1).decode():
+            return 400, _error_xml(
+                "InvalidPart",
+                "One or more of the specified parts could not be found. The part may not "
+                "have been uploaded, or the specified entity tag may not match the part's "
+                "entity tag.",
+                resource,
+                PartNumber=str(number),
+            )
+    return None
 
 
 def _upload_exists(bucket: str | None, upload_id: str) -> bool:
