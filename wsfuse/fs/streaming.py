@@ -112,20 +112,30 @@ class StreamingUpload:
         self._idle = trio.Event()
         self.nursery.start_soon(self._send, number, offset, length, body)
 
-    def _take_body(self, length: int) -> bytes | None:
-        """The next part's `length` bytes from the write buffers, if they hold all of them
-        and the memory bound allows; the rest stays for the part after."""
+    def _take_body(self, length: int) -> list[bytes] | None:
+        """The next part's `length` bytes from the write buffers (as the buffers: the worker
+        thread joins them, not the trio thread), if they hold all of them and the memory bound
+        allows; the rest stays for the part after. Only a buffer that straddles the part's end
+        is cut (copied)."""
         chunks, total = self._chunks, self._chunked
         self._chunks, self._chunked = [], 0
         if total < length or self.bodies_in_memory >= MEMORY_PARTS:
             return None
-        joined = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if total > length:
-            rest = joined[length:]
-            self._chunks, self._chunked = [rest], len(rest)
-            joined = joined[:length]
+        taken: list[bytes] = []
+        size = 0
+        for i, chunk in enumerate(chunks):
+            if size + len(chunk) <= length:
+                taken.append(chunk)
+                size += len(chunk)
+                continue
+            cut = length - size
+            if cut:
+                taken.append(chunk[:cut])
+            rest = [chunk[cut:], *chunks[i + 1 :]]
+            self._chunks, self._chunked = rest, total - length
+            break
         self.bodies_in_memory += 1
-        return joined
+        return taken
 
     async def _ensure_created(self) -> str:
         if self.upload_id is None and not self._creating:
@@ -144,13 +154,14 @@ class StreamingUpload:
             raise BackendError(f"could not start a multipart upload of {self.key!r}", key=self.key)
         return self.upload_id
 
-    async def _send(self, number: int, offset: int, length: int, body: bytes | None) -> None:
+    async def _send(self, number: int, offset: int, length: int, body: list[bytes] | None) -> None:
         try:
             upload_id = await self._ensure_created()
             raw = self.backend.backend
 
             def part() -> PartInfo:
-                data = body if body is not None else self.read(length, offset)
+                # (joining one buffer returns it as it is: no copy)
+                data = b"".join(body) if body is not None else self.read(length, offset)
                 if len(data) != length:
                     raise BackendError(f"staging file of {self.key!r} shrank", key=self.key)
                 return raw.upload_part(self.key, upload_id, number, data)
