@@ -371,6 +371,7 @@ def test_free_space_is_sampled_far_from_the_guard_and_measured_near_it(
 
     cache = open_cache(min_free=1 << 30)
     monkeypatch.setattr(cache, "_statvfs_free", statvfs_free)
+    monkeypatch.setattr(blockcache, "FREE_SAMPLE_SECONDS", 3600.0)  # no wall-clock race
     keys = [BlockKey("k", "e", i) for i in range(8)]
     for bkey in keys[:4]:
         cache.put(bkey, block_data(bkey))
@@ -378,12 +379,10 @@ def test_free_space_is_sampled_far_from_the_guard_and_measured_near_it(
     assert cache._sampled_free() < free[0] - 4 * BS  # what was written since is counted
 
     free[0] = (1 << 30) + (1 << 29)  # half a GiB above the guard: measure every time
-    monkeypatch.setattr(blockcache, "FREE_SAMPLE_SECONDS", 0.0)
-    cache.put(keys[4], block_data(keys[4]))
-    monkeypatch.setattr(blockcache, "FREE_SAMPLE_SECONDS", 3600.0)
-    for bkey in keys[5:]:
+    cache._free_sample = None  # (as when the interval has passed)
+    for bkey in keys[4:]:
         cache.put(bkey, block_data(bkey))
-    assert len(calls) == 5
+    assert len(calls) == 1 + 4
     assert all(cache.contains(k) for k in keys)
 
     free[0] = (1 << 30) - 1  # something else filled the disk: the next put sees it at once

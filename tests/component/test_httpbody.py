@@ -4,10 +4,15 @@ and the failures a body read can meet (early close, stall, a response it must no
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import ssl
+import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import urllib3
@@ -15,6 +20,7 @@ import urllib3
 from wsfuse.backends.httpbody import BlockBody
 
 MiB = 1 << 20
+_NO_TIMEVAL = struct.pack("ll", 0, 0)
 
 Script = Callable[[socket.socket, int], None]
 
@@ -22,8 +28,11 @@ Script = Callable[[socket.socket, int], None]
 class ScriptedServer:
     """Answers every request on every connection with `script(conn, request_number)`."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(
+        self, script: Script, wrap: Callable[[socket.socket], socket.socket] | None = None
+    ) -> None:
         self.script = script
+        self.wrap = wrap  # e.g. TLS, applied to each accepted connection
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -41,6 +50,12 @@ class ScriptedServer:
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _connection(self, conn: socket.socket) -> None:
+        if self.wrap is not None:
+            try:
+                conn = self.wrap(conn)
+            except OSError:
+                conn.close()
+                return
         with conn:
             buf = b""
             while True:
@@ -60,12 +75,17 @@ class ScriptedServer:
         self.listener.close()
 
 
+Serve = Callable[..., ScriptedServer]
+
+
 @pytest.fixture
-def serve() -> Iterator[Callable[[Script], ScriptedServer]]:
+def serve() -> Iterator[Serve]:
     servers: list[ScriptedServer] = []
 
-    def start(script: Script) -> ScriptedServer:
-        servers.append(ScriptedServer(script))
+    def start(
+        script: Script, wrap: Callable[[socket.socket], socket.socket] | None = None
+    ) -> ScriptedServer:
+        servers.append(ScriptedServer(script, wrap))
         return servers[-1]
 
     yield start
@@ -78,7 +98,7 @@ def _get(pool: urllib3.HTTPConnectionPool) -> urllib3.BaseHTTPResponse:
 
 
 def test_reads_exact_pieces_and_keeps_the_connection(
-    serve: Callable[[Script], ScriptedServer],
+    serve: Serve,
 ) -> None:
     body = os.urandom(3 * MiB + 123)
 
@@ -102,13 +122,16 @@ def test_reads_exact_pieces_and_keeps_the_connection(
         assert [len(p) for p in pieces] == [MiB, MiB, MiB, 123]
         assert b"".join(pieces) == body
         assert reader.remaining == 0
+        sock = reader._sock  # back as urllib3 left it, for the next request on it
+        assert sock.gettimeout() == 5
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == _NO_TIMEVAL
         raw.release_conn()
     assert server.requests == 2
     assert server.connections == 1  # the body was consumed exactly: the connection was reused
     pool.close()
 
 
-def test_whole_body_without_a_size(serve: Callable[[Script], ScriptedServer]) -> None:
+def test_whole_body_without_a_size(serve: Serve) -> None:
     body = os.urandom(MiB + 7)
     server = serve(
         lambda conn, _: conn.sendall(
@@ -126,7 +149,7 @@ def test_whole_body_without_a_size(serve: Callable[[Script], ScriptedServer]) ->
     pool.close()
 
 
-def test_a_body_cut_short_is_an_error(serve: Callable[[Script], ScriptedServer]) -> None:
+def test_a_body_cut_short_is_an_error(serve: Serve) -> None:
     def script(conn: socket.socket, _: int) -> None:
         conn.sendall(b"HTTP/1.1 206 Partial\r\nContent-Length: 3000000\r\n\r\n" + b"x" * 1_500_000)
         conn.shutdown(socket.SHUT_WR)
@@ -144,7 +167,7 @@ def test_a_body_cut_short_is_an_error(serve: Callable[[Script], ScriptedServer])
 
 
 def test_a_stalled_body_times_out_and_the_timeout_is_restored(
-    serve: Callable[[Script], ScriptedServer],
+    serve: Serve,
 ) -> None:
     release = threading.Event()
 
@@ -160,17 +183,18 @@ def test_a_stalled_body_times_out_and_the_timeout_is_restored(
     sock = reader._sock
     started = time.monotonic()
     try:
-        with reader, pytest.raises(OSError):
+        with reader, pytest.raises(TimeoutError, match="read timed out"):
             reader.read(MiB)
     finally:
         release.set()
     assert time.monotonic() - started < 5
     assert sock.gettimeout() == 0.5  # the socket is back in urllib3's timeout mode
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == _NO_TIMEVAL
     raw.close()
     pool.close()
 
 
-def test_chunked_responses_are_left_to_urllib3(serve: Callable[[Script], ScriptedServer]) -> None:
+def test_chunked_responses_are_left_to_urllib3(serve: Serve) -> None:
     server = serve(
         lambda conn, _: conn.sendall(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -180,5 +204,63 @@ def test_chunked_responses_are_left_to_urllib3(serve: Callable[[Script], Scripte
     raw = _get(pool)
     assert BlockBody.open(raw) is None
     assert raw.read() == b"hello"
+    raw.release_conn()
+    pool.close()
+
+
+def _fake_response(sock: socket.socket, **raw_fields: object) -> object:
+    """The attributes of a urllib3 response over http.client that BlockBody.open looks at."""
+
+    class Obj:
+        def __init__(self, **fields: object) -> None:
+            self.__dict__.update(fields)
+
+    fp = Obj(raw=Obj(_sock=sock), read1=lambda n: b"")
+    return Obj(_fp=Obj(fp=fp, chunked=False, length=10), headers={}, **raw_fields)
+
+
+def test_tls_and_decoded_responses_are_left_to_urllib3() -> None:
+    """Under TLS the socket carries ciphertext (and `SSLSocket.recv` refuses flags); a body
+    that urllib3 would decode must be decoded: both are read through urllib3."""
+    with socket.socket() as plain:
+        assert BlockBody.open(_fake_response(plain)) is not None  # the control
+        context = ssl.create_default_context()
+        with context.wrap_socket(
+            socket.socket(), server_hostname="s3.example", do_handshake_on_connect=False
+        ) as tls:
+            assert isinstance(tls, socket.socket)  # why a plain isinstance check is not enough
+            assert BlockBody.open(_fake_response(tls)) is None
+        encoded = _fake_response(plain, decode_content=True)
+        encoded.headers = {"Content-Encoding": "gzip"}  # type: ignore[attr-defined]
+        assert BlockBody.open(encoded) is None
+        assert BlockBody.open(_fake_response(plain, decode_content=False)) is not None
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_a_body_over_tls_is_read_through_urllib3(serve: Serve, tmp_path: Path) -> None:
+    """The regression behind the plain-socket check: over HTTPS, `open` declines and the body
+    arrives intact through urllib3."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    body = os.urandom(2 * MiB + 5)
+
+    def script(conn: socket.socket, _: int) -> None:
+        conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+
+    server = serve(script, lambda conn: server_context.wrap_socket(conn, server_side=True))
+    pool = urllib3.HTTPSConnectionPool("127.0.0.1", server.port, ca_certs=str(cert), timeout=5)
+    raw = _get(pool)
+    assert BlockBody.open(raw) is None
+    assert raw.read() == body
     raw.release_conn()
     pool.close()

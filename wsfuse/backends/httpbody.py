@@ -41,10 +41,12 @@ class BlockBody:
         fp = getattr(response, "fp", None)
         sock = getattr(getattr(fp, "raw", None), "_sock", None)
         if (
-            not isinstance(sock, socket.socket)
+            # A plain TCP socket only: under TLS (an `ssl.SSLSocket`, a subclass) the socket
+            # carries ciphertext, and `recv` refuses flags.
+            type(sock) is not socket.socket
             or getattr(response, "chunked", True)
             or not isinstance(getattr(response, "length", None), int)
-            or getattr(raw, "_decoder", None) is not None
+            or (getattr(raw, "decode_content", False) and _content_encoding(raw))
             or not callable(getattr(fp, "read1", None))
         ):
             return None
@@ -73,7 +75,8 @@ class BlockBody:
         `OSError` after the timeout."""
         want = self.remaining if amt is None else min(amt, self.remaining)
         if want <= 0:
-            self._finish()
+            if self.remaining == 0:
+                self._finish()
             return b""
         head = b""
         if not self._buffer_drained:
@@ -84,20 +87,25 @@ class BlockBody:
                 return self._took(head, want)
             self._buffer_drained = True
         if not self._blocking:
+            self._blocking = True  # first: a failure half-way is still undone on exit
             self._sock.settimeout(None)
             if self._timeout:
                 self._sock.setsockopt(
                     socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout)
                 )
-            self._blocking = True
-        data = self._sock.recv(want - len(head), socket.MSG_WAITALL)
-        if head:
-            data = head + data
-        while 0 < len(data) < want:  # a signal ended the wait early: wait for the rest
-            more = self._sock.recv(want - len(data), socket.MSG_WAITALL)
-            if not more:
-                break
-            data += more
+        try:
+            data = self._sock.recv(want - len(head), socket.MSG_WAITALL)
+            if head:
+                data = head + data
+            while 0 < len(data) < want:  # a signal ended the wait early: wait for the rest
+                more = self._sock.recv(want - len(data), socket.MSG_WAITALL)
+                if not more:
+                    break
+                data += more
+        except BlockingIOError as exc:  # SO_RCVTIMEO expired
+            raise TimeoutError(
+                f"read timed out: no data for {self._timeout} s in the middle of a body"
+            ) from exc
         return self._took(data, want)
 
     def _took(self, data: bytes, want: int) -> bytes:
@@ -117,6 +125,11 @@ class BlockBody:
         the connection can serve the next request."""
         if self._response.fp is not None:
             self._response._close_conn()
+
+
+def _content_encoding(raw: Any) -> str:
+    headers = getattr(raw, "headers", None)
+    return str(headers.get("Content-Encoding", "")) if headers is not None else ""
 
 
 def _timeval(seconds: float) -> bytes:

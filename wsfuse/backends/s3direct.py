@@ -134,14 +134,16 @@ class DirectS3:
         error_body = b""
         try:
             status = int(response.status_code)
-            length = int(response.headers.get("Content-Length", -1))
             if status >= 300:
                 error_body = raw.read()
-            elif (body := BlockBody.open(raw)) is not None:
-                with body:
-                    consume(body, status, length)
             else:
-                consume(raw, status, length)
+                length = int(response.headers.get("Content-Length", -1))
+                body = BlockBody.open(raw)
+                if body is None:
+                    consume(raw, status, length)
+                else:
+                    with body:
+                        consume(body, status, length)
         except BaseException:
             raw.close()  # never return a connection with an unread body to the pool
             raise

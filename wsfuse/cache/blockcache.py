@@ -64,6 +64,8 @@ SKIP_WARNING_INTERVAL: Final = 60.0
 #: while it is more than `FREE_SAMPLE_MARGIN` above the guard, counting every byte written
 #: since as used: a cold read stores a block per MiB, and each `statvfs` was one more system
 #: call (one more GIL round trip) per block. Closer to the guard, it measures on every put.
+#: The trade-off: another process that writes more than the margin within the interval can
+#: take the disk below the guard until the next measurement (at most a second later).
 FREE_SAMPLE_SECONDS: Final = 1.0
 FREE_SAMPLE_MARGIN: Final = 1 << 30
 

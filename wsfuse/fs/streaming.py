@@ -160,8 +160,11 @@ class StreamingUpload:
             raw = self.backend.backend
 
             def part() -> PartInfo:
-                # (joining one buffer returns it as it is: no copy)
-                data = b"".join(body) if body is not None else self.read(length, offset)
+                if body is not None:
+                    data = b"".join(body)  # one buffer is returned as it is: no copy
+                    body.clear()  # the buffers are not held twice while the part uploads
+                else:
+                    data = self.read(length, offset)
                 if len(data) != length:
                     raise BackendError(f"staging file of {self.key!r} shrank", key=self.key)
                 return raw.upload_part(self.key, upload_id, number, data)
