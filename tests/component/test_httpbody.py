@@ -4,11 +4,9 @@ and the failures a body read can meet (early close, stall, a response it must no
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 import urllib3
 
+from tests.conftest import self_signed_certificate
 from wsfuse.backends.httpbody import BlockBody
 
 MiB = 1 << 20
@@ -236,20 +235,10 @@ def test_tls_and_decoded_responses_are_left_to_urllib3() -> None:
         assert BlockBody.open(_fake_response(plain, decode_content=False)) is not None
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
 def test_a_body_over_tls_is_read_through_urllib3(serve: Serve, tmp_path: Path) -> None:
     """The regression behind the plain-socket check: over HTTPS, `open` declines and the body
     arrives intact through urllib3."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path)
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_context.load_cert_chain(cert, key)
     body = os.urandom(2 * MiB + 5)

@@ -21,6 +21,8 @@ moto's) but, in-process:
 - counts requests by kind, bucket and key (`server.count("GET", key="k")`, `server.requests`,
   `server.stats`, `server.reset_stats()`), so tests can assert what reached the store;
 - injects faults: `server.fail_next(2, status=503, code="SlowDown", kind="GET")`;
+- serves HTTPS when given a certificate and key (`tls=(cert, key)`, `--tls CERT KEY`), as
+  real S3 endpoints do;
 - can be driven from another process (benchmarks run it in its own, off the clients' GIL):
   `GET /_wsfuse/stats[?reset=1]` answers requests and bytes by kind as JSON,
   `POST /_wsfuse/reset` resets them, `POST /_wsfuse/latency?ms=20` sets the latency
@@ -474,8 +476,11 @@ class S3TestServer(EmulatesLatency):
         require_auth: bool = False,
         fast_ranges: bool = True,
         verify_checksums: bool = True,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         self.host = host
+        #: (certificate, key) files: serve HTTPS, as real S3 endpoints do
+        self.tls = tls
         self._requested_port = port
         #: the emulated time-to-first-byte (`latency`, `no_latency()`, `peak_overlap`)
         self.delays = LatencyEmulator(latency)
@@ -517,6 +522,7 @@ class S3TestServer(EmulatesLatency):
             self._app(moto_app),
             threaded=True,
             request_handler=QuietHandler,
+            ssl_context=self.tls,
         )
         server = self._server
         self._thread = threading.Thread(
@@ -559,7 +565,7 @@ class S3TestServer(EmulatesLatency):
 
     @property
     def endpoint_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     # ------------------------------------------------------------------ harness helpers
 
@@ -587,6 +593,7 @@ class S3TestServer(EmulatesLatency):
             aws_access_key_id="wsfuse-test",
             aws_secret_access_key="wsfuse-test-secret",  # noqa: S106 - the server ignores it
             config=cfg,
+            verify=self.tls[0] if self.tls else None,
         )
 
     # ------------------------------------------------------------------ statistics
@@ -1139,6 +1146,12 @@ def main(argv: list[str] | None = None) -> None:
         help="accept uploads without checking their x-amz-checksum-crc32c (benchmarks)",
     )
     parser.add_argument(
+        "--tls",
+        nargs=2,
+        metavar=("CERT", "KEY"),
+        help="serve HTTPS with this certificate and key (PEM files)",
+    )
+    parser.add_argument(
         "--user",
         help="create this IAM user, allowed everything, and print its access key id and "
         "secret on the line after the endpoint (for signed-request tests with --require-auth)",
@@ -1157,6 +1170,7 @@ def main(argv: list[str] | None = None) -> None:
         latency=args.latency / 1000,
         require_auth=args.require_auth,
         verify_checksums=not args.no_verify_checksums,
+        tls=tuple(args.tls) if args.tls else None,
     )
     with server:
         for name in args.bucket:
