@@ -32,7 +32,7 @@ from bench.compare.report import finish
 from bench.harness.env import MiB, log, parse_size
 from bench.harness.gitstate import git_state
 from bench.harness.procs import sigterm_as_interrupt
-from bench.harness.server import Server, s3_client
+from bench.harness.server import Server, s3_client, use_tls
 
 GROUPS = ("seq", "random", "small", "list", "write")
 RUNNERS = {
@@ -59,6 +59,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers", default="wsfuse,s3fs,rclone", help="filesystems to mount, in order")
     p.add_argument("--only", help=f"workload groups, comma-separated: {','.join(GROUPS)}")
     p.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve the bucket over HTTPS (a self-signed certificate every client verifies; "
+        "s3fs only skips the check): real S3 endpoints are HTTPS",
+    )
     p.add_argument("--repeat", type=int, help="runs per workload (default 3, --quick 1)")
     p.add_argument("--size", type=parse_size, default=1 << 30, help="the big object (default 1G)")
     p.add_argument("--small-count", type=int, default=2000)
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     g = set(args.groups)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wsfuse-bench-run-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
-    server = Server(work / "s3server.log")
+    server = Server(work / "s3server.log", tls=use_tls(work) if args.tls else None)
     ctx: Ctx | None = None
     interrupted = False
     sigterm_as_interrupt()

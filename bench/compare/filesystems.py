@@ -87,6 +87,13 @@ class FsSpec:
 
 
 def specs(url: str, work: Path) -> dict[str, FsSpec]:
+    # Over HTTPS (bench/run --tls) the clients trust the run's own certificate: boto3 and
+    # wsfuse through AWS_CA_BUNDLE, rclone through --ca-cert; s3fs has no CA-file option and
+    # skips the check instead.
+    ca = ENV.get("AWS_CA_BUNDLE") if url.startswith("https:") else None
+    s3fs_tls = ["no_check_certificate", "ssl_verify_hostname=0"] if ca else []
+    rclone_tls = ["--ca-cert", ca] if ca else []
+
     def wsfuse(mnt: Path, cache: Path, log: Path) -> Mount:
         argv = [PYTHON, "-m", "wsfuse", "mount", f"s3://{BUCKET}", str(mnt)]
         argv += ["--endpoint-url", url, "-f", "--cache-dir", str(cache)]
@@ -98,6 +105,7 @@ def specs(url: str, work: Path) -> dict[str, FsSpec]:
         passwd.write_text(f"{ACCESS_KEY}:{SECRET_KEY}\n")
         os.chmod(passwd, 0o600)
         opts = [f"url={url}", f"passwd_file={passwd}", f"use_cache={cache}", *S3FS_OPTIONS]
+        opts += s3fs_tls
         argv = ["s3fs", BUCKET, str(mnt), "-f", "-o", ",".join(opts)]
         return Mount("s3fs", argv, mnt, log, wait_read_ahead=None, set_read_ahead=1024)
 
@@ -108,7 +116,7 @@ def specs(url: str, work: Path) -> dict[str, FsSpec]:
         argv = ["rclone", "mount", f":s3:{BUCKET}", str(mnt), "--config", str(rclone_conf)]
         argv += ["--s3-endpoint", url, "--s3-access-key-id", ACCESS_KEY]
         argv += ["--s3-secret-access-key", SECRET_KEY, "--s3-region", "us-east-1"]
-        argv += ["--cache-dir", str(cache), *RCLONE_OPTIONS, "--log-level", "NOTICE"]
+        argv += ["--cache-dir", str(cache), *RCLONE_OPTIONS, *rclone_tls, "--log-level", "NOTICE"]
         env = {k: v for k, v in ENV.items() if k != "AWS_CA_BUNDLE"}  # rclone refuses it
         return Mount("rclone", argv, mnt, log, env=env, wait_read_ahead=None, set_read_ahead=1024)
 
@@ -131,7 +139,7 @@ def specs(url: str, work: Path) -> dict[str, FsSpec]:
             s3fs,
             lambda: (
                 f"s3fs {BUCKET} MNT -f -o url=URL,passwd_file=F,use_cache=DIR,"
-                + ",".join(S3FS_OPTIONS)
+                + ",".join(S3FS_OPTIONS + s3fs_tls)
                 + " (harness: read_ahead_kb=1024)"
             ),
         ),
@@ -141,7 +149,7 @@ def specs(url: str, work: Path) -> dict[str, FsSpec]:
             rclone,
             lambda: (
                 f"rclone mount :s3:{BUCKET} MNT --s3-endpoint URL --cache-dir DIR "
-                + " ".join(RCLONE_OPTIONS)
+                + " ".join(RCLONE_OPTIONS + (["--ca-cert", "CERT"] if ca else []))
                 + " (AWS_CA_BUNDLE unset; harness: read_ahead_kb=1024)"
             ),
         ),

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -24,14 +26,42 @@ from bench.harness.procs import stop_process
 PART = 8 * MiB
 
 
+def use_tls(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for https://127.0.0.1 (made by the openssl command), which
+    every client of this run is then told to trust (`AWS_CA_BUNDLE`, in this process and in
+    the environment of every process it starts). Returns (certificate, key)."""
+    cert, key = directory / "tls-cert.pem", directory / "tls-key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    os.environ["AWS_CA_BUNDLE"] = ENV["AWS_CA_BUNDLE"] = str(cert)
+    return cert, key
+
+
 class Server:
-    def __init__(self, log_file: Path, buckets: tuple[str, ...] = (BUCKET,)) -> None:
+    def __init__(
+        self,
+        log_file: Path,
+        buckets: tuple[str, ...] = (BUCKET,),
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.log_file = log_file
         self.buckets = buckets
+        self.tls = tls  # (certificate, key): serve HTTPS
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
         self.latency_ms = 0.0
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if tls is not None:
+            context = ssl.create_default_context(cafile=str(tls[0]))
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def start(self) -> Server:
         # S3 checks upload checksums on its own machines: here that would be CPU taken
@@ -39,6 +69,8 @@ class Server:
         argv = [PYTHON, "-m", "wsfuse.testing.s3server", "--port", "0", "--no-verify-checksums"]
         for b in self.buckets:
             argv += ["--bucket", b]
+        if self.tls is not None:
+            argv += ["--tls", str(self.tls[0]), str(self.tls[1])]
         with open(self.log_file, "ab") as err:
             self.proc = subprocess.Popen(
                 argv,
