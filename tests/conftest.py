@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import pytest
 from wsfuse.backends.base import Backend
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.retry import RetryPolicy
+from wsfuse.testing import tls
 
 BACKEND_KINDS = ["memory", "local", "s3", "gcs"]
 _bucket_numbers = itertools.count()
@@ -30,21 +30,11 @@ os.environ.pop("AWS_PROFILE", None)
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """(certificate, key) for https://127.0.0.1, made by the openssl command (skips the test
-    when there is none)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    """(certificate, key) for https://127.0.0.1 (skips the test without an openssl command)."""
+    try:
+        return tls.self_signed_certificate(directory)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
 
 
 def fresh_bucket_name(kind: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.harness.env import ACCESS_KEY, BUCKET, ENV, PYTHON, ROOT, SECRET_KEY, MiB
 from bench.harness.procs import stop_process
+from wsfuse.testing.tls import self_signed_certificate
 
 PART = 8 * MiB
 
@@ -30,16 +31,7 @@ def use_tls(directory: Path) -> tuple[Path, Path]:
     """A self-signed certificate for https://127.0.0.1 (made by the openssl command), which
     every client of this run is then told to trust (`AWS_CA_BUNDLE`, in this process and in
     the environment of every process it starts). Returns (certificate, key)."""
-    cert, key = directory / "tls-cert.pem", directory / "tls-key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(directory)
     os.environ["AWS_CA_BUNDLE"] = ENV["AWS_CA_BUNDLE"] = str(cert)
     return cert, key
 
