@@ -72,7 +72,7 @@ class BlockBody:
     def read(self, amt: int | None = None) -> bytes:
         """The next `min(amt, remaining)` bytes of the body (all of it without `amt`; b"" at
         its end). A body that ends early raises urllib3's `ProtocolError`, a stalled one
-        `OSError` after the timeout."""
+        `TimeoutError` after the read timeout (both are retried as transient)."""
         want = self.remaining if amt is None else min(amt, self.remaining)
         if want <= 0:
             if self.remaining == 0:

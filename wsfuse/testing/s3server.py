@@ -957,10 +957,7 @@ def _complete_checksums_refused(
         return None
     if str(multipart.metadata.get("x-amz-checksum-algorithm") or "").upper() != "CRC32C":
         return None
-    stream = environ["wsgi.input"]
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = stream.read() if environ.get("wsgi.input_terminated") else stream.read(length)
-    environ["wsgi.input"] = io.BytesIO(body)
+    body = _peek_body(environ)
     resource = f"/{bucket}/{multipart.key_name}"
     for part_xml in _PART.findall(body):
         number_match = _PART_NUMBER.search(part_xml)
@@ -1053,14 +1050,20 @@ def _b64_crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.value(data).to_bytes(4, "big")).decode("ascii")
 
 
+def _peek_body(environ: WSGIEnviron) -> bytes:
+    """The request body, read whole and put back for moto to read again."""
+    stream = environ["wsgi.input"]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body: bytes = stream.read() if environ.get("wsgi.input_terminated") else stream.read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
 def _verify_crc32c(environ: WSGIEnviron, expected: str) -> bytes | None:
     """S3 checks an upload's `x-amz-checksum-crc32c` and refuses a body that does not match
     (moto ignores it). Returns the BadDigest error body, or None with the body put back for
     moto to read."""
-    stream = environ["wsgi.input"]
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = stream.read() if environ.get("wsgi.input_terminated") else stream.read(length)
-    environ["wsgi.input"] = io.BytesIO(body)
+    body = _peek_body(environ)
     actual = _b64_crc32c(body)
     if actual == expected:
         return None
