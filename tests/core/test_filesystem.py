@@ -235,6 +235,32 @@ async def test_unaligned_sequential_reads_fetch_each_byte_once(h: Harness) -> No
     assert h.fs.cache.statistics().hits <= 8
 
 
+async def test_reordered_sequential_reads_keep_their_readahead(h: Harness) -> None:
+    # With a large read_ahead_kb the kernel sends several 1 MiB reads of one stream at once,
+    # and they are served in any order: that is still a sequential reader.
+    size = 64 * MiB
+    h.backend.put("ra", ramp("ra", 0, size))
+    fh, _ = await h.fs.open(await h.path_ino("ra"), write=False)
+    got: dict[int, bytes] = {}
+
+    async def read(offset: int) -> None:
+        got[offset] = bytes(await h.fs.read(fh, offset, MiB))
+
+    await read(0)  # the kernel's first request of a stream is the one the reader waits on
+    shuffle = random.Random(3).shuffle
+    for group in range(MiB, size, 8 * MiB):
+        offsets = list(range(group, min(group + 8 * MiB, size), MiB))
+        shuffle(offsets)
+        async with trio.open_nursery() as nursery:
+            for offset in offsets:
+                nursery.start_soon(read, offset)
+    await h.fs.release(fh)
+    assert b"".join(got[o] for o in sorted(got)) == ramp("ra", 0, size)
+    assert h.fs.fetcher.stats.prefetch_cancelled == 0
+    assert h.backend.bytes_read == size  # every byte fetched once
+    assert h.backend.counts["get_range"] <= size // (8 * MiB) + 3
+
+
 @pytest.mark.parametrize("stop", ["close", "seek"])
 async def test_readahead_budget_is_returned(h: Harness, stop: str) -> None:
     h.backend.put("b", ramp("b", 0, 200 * MiB))

@@ -426,16 +426,23 @@ class Reader:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
+        # Sequential = within the stream's reach of where it got to. The kernel sends a
+        # sequential reader's read-ahead as several requests at once (read_ahead_kb above the
+        # request size) and they are served in any order, so a read a little behind or ahead
+        # of the furthest one is the same stream, not a seek. A random reader's window is 0:
+        # its reach stays under a block, and it never triggers read-ahead.
+        reach = max(self.window, 1) * bs
         sequential = offset == self.next_offset or (
-            self.next_offset and abs(offset - self.next_offset) < bs
+            self.next_offset > 0 and abs(offset - self.next_offset) < reach
         )
         if sequential:
             self.window = min(max(self.window * 2, self.fetch_blocks), self.max_window)
+            self.next_offset = max(self.next_offset, end)
         else:
             self.cancel_readahead()
             self.window = 0
             self.ahead_until = 0
-        self.next_offset = end
+            self.next_offset = end
         if self.whole:
             fetch = self.fetcher.block_count(self.obj)  # small object: one GET for all of it
         elif sequential:
