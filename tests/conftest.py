@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from tests.scripted_server import Script, ScriptedServer, Serve, Wrap
 from wsfuse.backends.base import Backend
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.retry import RetryPolicy
@@ -155,3 +156,17 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """`serve(script, wrap=None)` starts a ScriptedServer, closed after the test."""
+    servers: list[ScriptedServer] = []
+
+    def start(script: Script, wrap: Wrap | None = None) -> ScriptedServer:
+        servers.append(ScriptedServer(script, wrap))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()

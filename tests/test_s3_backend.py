@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from botocore.exceptions import (
 )
 
 from tests.conftest import TEST_RETRY, AuthServer, fresh_bucket_name, self_signed_certificate
+from tests.scripted_server import Serve
 from wsfuse import errors
 from wsfuse.backends.base import MIN_PART_SIZE
 from wsfuse.backends.httpbody import BlockBody
@@ -93,35 +93,9 @@ def test_transient_status_codes_map_to_transient(server: S3TestServer, s3: S3Bac
 
 
 @pytest.fixture
-def black_hole() -> Iterator[str]:
+def black_hole(serve: Serve) -> str:
     """An endpoint that accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
-        for conn in held:
-            conn.close()
+    return serve(lambda conn, _: conn.recv(1)).url  # until the client gives up
 
 
 def test_black_holed_endpoint_fails_within_the_deadline(black_hole: str) -> None:
@@ -316,29 +290,18 @@ def test_the_backend_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert server.count("GET") >= 2
 
 
-def test_a_short_body_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_short_body_is_a_transient_error(serve: Serve) -> None:
     """A server that closes the connection before Content-Length bytes: the read fails as
     Transient (retried), never returns the short data."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(
-                    b"HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\n"
-                    b"Content-Range: bytes 0-99/1000\r\n\r\n" + b"x" * 40
-                )
+    def short_body(conn: socket.socket, _: int) -> None:
+        conn.sendall(
+            b"HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\n"
+            b"Content-Range: bytes 0-99/1000\r\n\r\n" + b"x" * 40
+        )
+        conn.shutdown(socket.SHUT_RDWR)
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    url = serve(short_body).url
     backend = S3Backend("bucket", BackendOptions(endpoint_url=url, region="us-east-1"))
     try:
         assert backend._direct is not None
@@ -348,8 +311,6 @@ def test_a_short_body_is_a_transient_error(monkeypatch: pytest.MonkeyPatch) -> N
             backend.get_blocks("k", 0, 100, 30)
     finally:
         backend.close()
-        listener.close()
-        thread.join(5)
 
 
 def test_uploads_carry_a_crc32c_that_the_server_verifies(

@@ -9,87 +9,17 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import urllib3
 
 from tests.conftest import self_signed_certificate
+from tests.scripted_server import Serve
 from wsfuse.backends.httpbody import BlockBody
 
 MiB = 1 << 20
 _NO_TIMEVAL = struct.pack("ll", 0, 0)
-
-Script = Callable[[socket.socket, int], None]
-
-
-class ScriptedServer:
-    """Answers every request on every connection with `script(conn, request_number)`."""
-
-    def __init__(
-        self, script: Script, wrap: Callable[[socket.socket], socket.socket] | None = None
-    ) -> None:
-        self.script = script
-        self.wrap = wrap  # e.g. TLS, applied to each accepted connection
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
-        self.requests = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        if self.wrap is not None:
-            try:
-                conn = self.wrap(conn)
-            except OSError:
-                conn.close()
-                return
-        with conn:
-            buf = b""
-            while True:
-                while b"\r\n\r\n" not in buf:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buf += chunk
-                buf = buf.split(b"\r\n\r\n", 1)[1]
-                self.requests += 1
-                try:
-                    self.script(conn, self.requests)
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-Serve = Callable[..., ScriptedServer]
-
-
-@pytest.fixture
-def serve() -> Iterator[Serve]:
-    servers: list[ScriptedServer] = []
-
-    def start(
-        script: Script, wrap: Callable[[socket.socket], socket.socket] | None = None
-    ) -> ScriptedServer:
-        servers.append(ScriptedServer(script, wrap))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 def _get(pool: urllib3.HTTPConnectionPool) -> urllib3.BaseHTTPResponse:
