@@ -185,11 +185,14 @@ def writes(ctx: Ctx, spec: FsSpec) -> None:
     }
     try:
         for rep in range(ctx.args.repeat):
+            # Names unique to this pass: a peer that uploads late (rclone's write-back) can
+            # leave an object behind that would make the next pass's mkdir fail.
+            run = f"{spec.name}-{ctx.latency:g}ms-{rep}"
             cache = ctx.fresh(f"cache-{spec.name}")
             try:
                 m = _mount(ctx, spec, cache)
                 try:
-                    key = f"w-{spec.name}-{rep}/ckpt.bin"
+                    key = f"w-{run}/ckpt.bin"
                     os.mkdir(m.path / key.split("/")[0])
                     # The 1 GiB write decides issue 4's ratio: as many passes in all as the
                     # sequential reads (3 even in --quick), each to a new name.
@@ -207,8 +210,8 @@ def writes(ctx: Ctx, spec: FsSpec) -> None:
                         res["bucket"].append((s.mbps, s))
                         with ctx.server.no_latency():
                             ctx.client.delete_object(Bucket=BUCKET, Key=f"{key}.{i}")
-                    tmp = f"w-{spec.name}-{rep}/ckpt.tmp"
-                    final = f"w-{spec.name}-{rep}/ckpt-final.bin"
+                    tmp = f"w-{run}/ckpt.tmp"
+                    final = f"w-{run}/ckpt-final.bin"
                     s = ctx.measure(
                         f"{spec.name} write 1 GiB + rename",
                         partial(
@@ -221,7 +224,7 @@ def writes(ctx: Ctx, spec: FsSpec) -> None:
                     res["rn_bucket"].append((s.mbps, s))
                     with ctx.server.no_latency():
                         delete_prefix(ctx.client, key.split("/")[0] + "/")
-                    d = f"c-{spec.name}-{rep}"
+                    d = f"c-{run}"
                     os.mkdir(m.path / d)
                     s = ctx.measure(
                         f"{spec.name} creates",
@@ -238,6 +241,9 @@ def writes(ctx: Ctx, spec: FsSpec) -> None:
                 finally:
                     ctx.release(m)
             finally:
+                with ctx.server.no_latency():  # what a peer uploaded after the deletes above
+                    for prefix in (f"w-{run}/", f"c-{run}/"):
+                        delete_prefix(ctx.client, prefix)
                 ctx.remove(cache)
     finally:  # what was measured counts even if a later step failed
         ctx.add(spec.name, "write_1g_close", res["close"], "MB/s")
