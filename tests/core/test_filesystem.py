@@ -261,6 +261,50 @@ async def test_reordered_sequential_reads_keep_their_readahead(h: Harness) -> No
     assert h.backend.counts["get_range"] <= size // (8 * MiB) + 3
 
 
+async def test_strided_reads_after_a_header_read_do_not_read_ahead(h: Harness) -> None:
+    # A header read at 0 is sequential; what follows jumps 4 MiB at a time. Only the first
+    # window may be read ahead: reads near the front must not grow it, and the budget (shared
+    # by the whole mount) must not stay held.
+    h.backend.put("s", ramp("s", 0, 200 * MiB))
+    fh, _ = await h.fs.open(await h.path_ino("s"), write=False)
+    offsets = range(0, 200 * MiB, 4 * MiB)
+    for offset in offsets:
+        assert bytes(await h.fs.read(fh, offset, 4096)) == ramp("s", offset, 4096)
+    fetcher = h.fs.fetcher
+    assert h.backend.bytes_read <= (fetcher.budget_blocks // 16 + len(offsets)) * MiB
+    await h.fs.release(fh)
+    await wait_for_idle_fetcher(h)
+    assert fetcher.budget.value == fetcher.budget_blocks
+
+
+async def test_random_reads_after_a_header_read_fetch_what_they_touch(h: Harness) -> None:
+    size = 64 * MiB
+    h.backend.put("r", ramp("r", 0, size))
+    fh, _ = await h.fs.open(await h.path_ino("r"), write=False)
+    rng = random.Random(11)
+    offsets = [0] + [rng.randrange(size - 4096) for _ in range(100)]
+    for offset in offsets:
+        assert bytes(await h.fs.read(fh, offset, 4096)) == ramp("r", offset, 4096)
+    touched = {offset // MiB for offset in offsets}
+    # the header read's 8-block fetch, then only what was touched; no read-ahead grows
+    assert h.backend.bytes_read <= (8 + len(touched)) * MiB
+    assert h.fs.fetcher.stats.prefetches <= 2
+    await h.fs.release(fh)
+
+
+async def test_a_short_jump_then_sequential_reads_get_read_ahead_again(h: Harness) -> None:
+    # A jump within the read-ahead window is first taken for reordering; a reader that goes
+    # on from there is a new stream after a few reads, with its own read-ahead.
+    h.backend.put("j", ramp("j", 0, 200 * MiB))
+    fh, _ = await h.fs.open(await h.path_ino("j"), write=False)
+    for offset in [*range(0, 8 * MiB, MiB), *range(40 * MiB, 100 * MiB, MiB)]:
+        assert bytes(await h.fs.read(fh, offset, MiB)) == ramp("j", offset, MiB)
+    reader = h.fs.file_handle(fh).reader
+    assert reader.next_offset == 100 * MiB
+    assert reader.window == reader.max_window
+    await h.fs.release(fh)
+
+
 @pytest.mark.parametrize("stop", ["close", "seek"])
 async def test_readahead_budget_is_returned(h: Harness, stop: str) -> None:
     h.backend.put("b", ramp("b", 0, 200 * MiB))

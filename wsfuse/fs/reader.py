@@ -388,6 +388,13 @@ class BlockFetcher:
             self.cache.put(bkey, block, direct=direct)
 
 
+#: Reads in a row that may land near a stream's front without extending it (the kernel's
+#: concurrent read-ahead requests served out of order: at most read_ahead_kb / 1 MiB of them
+#: at a time). One more is a seek: a reader that jumped a little way and goes on reading from
+#: there gets its own read-ahead after this many reads.
+REORDER_LIMIT = 16
+
+
 class Reader:
     """Reads of one open handle. Owned by the trio thread."""
 
@@ -399,8 +406,12 @@ class Reader:
         self.fetch_blocks = max(1, config.fetch_size // bs)
         self.max_window = max(self.fetch_blocks, config.prefetch_max // bs)
         self.whole = obj.size <= config.whole_object_max
-        self.next_offset = 0
+        self.next_offset = 0  # the stream's front: where a sequential reader reads next
         self.window = 0  # read-ahead in blocks; grows while reads are sequential
+        # Reads ahead of the front served out of order (start -> end), absorbed once the
+        # front reaches them, and how many reads in a row did not extend it (see `_follow`).
+        self.reordered: dict[int, int] = {}
+        self.out_of_order = 0
         self.ahead_until = 0  # blocks below this were fetched or requested by read-ahead
         self.readahead = fetcher.new_readahead()
         # The block the last sequential read ended inside of: the next read starts in it, and
@@ -426,23 +437,8 @@ class Reader:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
-        # Sequential = within the stream's reach of where it got to. The kernel sends a
-        # sequential reader's read-ahead as several requests at once (read_ahead_kb above the
-        # request size) and they are served in any order, so a read a little behind or ahead
-        # of the furthest one is the same stream, not a seek. A random reader's window is 0:
-        # its reach stays under a block, and it never triggers read-ahead.
-        reach = max(self.window, 1) * bs
-        sequential = offset == self.next_offset or (
-            self.next_offset > 0 and abs(offset - self.next_offset) < reach
-        )
-        if sequential:
-            self.window = min(max(self.window * 2, self.fetch_blocks), self.max_window)
-            self.next_offset = max(self.next_offset, end)
-        else:
-            self.cancel_readahead()
-            self.window = 0
-            self.ahead_until = 0
-            self.next_offset = end
+        step = self._follow(offset, end)
+        sequential = step is True
         if self.whole:
             fetch = self.fetcher.block_count(self.obj)  # small object: one GET for all of it
         elif sequential:
@@ -459,14 +455,53 @@ class Reader:
         start = offset - first * bs
         parts = [await self._block(i, fetch - (i - first)) for i in range(first, last + 1)]
         # Keep the block the read ended in only if the read ended inside it (see `last`).
-        ends_inside = end % bs != 0 and end != self.obj.size
-        self.last = (last, parts[-1]) if ends_inside and sequential else None
+        if step is not None:  # (a read served out of order leaves the stream's as it was)
+            ends_inside = end % bs != 0 and end != self.obj.size
+            self.last = (last, parts[-1]) if ends_inside and sequential else None
         if first == last:
             block = parts[0]
             if start == 0 and end - offset == len(block):
                 return block
             return memoryview(block)[start : end - first * bs]
         return memoryview(b"".join(parts))[start : start + end - offset]
+
+    def _follow(self, offset: int, end: int) -> bool | None:
+        """What the read `[offset, end)` does to the stream: True = extends it (sequential:
+        the window grows), None = one of the stream's own requests served out of order
+        (nothing changes), False = a seek (read-ahead cancelled, the window back to none).
+
+        The kernel sends a sequential reader's read-ahead as several requests at once when
+        `read_ahead_kb` exceeds the request size, and they are served in any order: a read
+        within the window of the front is one of those, not a seek. Only reads that extend
+        the front grow the window, so a reader that jumps around after one sequential read
+        (a header, then records) never gets more read-ahead than that first window.
+        """
+        bs = self.block_size
+        front = self.next_offset
+        if offset == front or (front > 0 and abs(offset - front) < bs):
+            self.window = min(max(self.window * 2, self.fetch_blocks), self.max_window)
+            self.next_offset = max(front, end)
+            self.out_of_order = 0
+            while self.reordered:  # the front caught up with reads served ahead of it
+                caught = [start for start in self.reordered if start <= self.next_offset]
+                if not caught:
+                    break
+                for start in caught:
+                    self.next_offset = max(self.next_offset, self.reordered.pop(start))
+            return True
+        reach = self.window * self.block_size
+        if front - reach < offset < front + reach and self.out_of_order < REORDER_LIMIT:
+            self.out_of_order += 1
+            if offset > front:
+                self.reordered[offset] = max(end, self.reordered.get(offset, end))
+            return None
+        self.cancel_readahead()
+        self.window = 0
+        self.ahead_until = 0
+        self.next_offset = end
+        self.reordered.clear()
+        self.out_of_order = 0
+        return False
 
     async def _block(self, index: int, fetch_blocks: int) -> bytes:
         if self.last is not None and self.last[0] == index:
