@@ -26,6 +26,7 @@ class ScriptedServer:
         self.connections = 0
         self.requests = 0
         self._open: set[socket.socket] = set()
+        self._closed = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -36,19 +37,19 @@ class ScriptedServer:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.connections += 1
+            with self._lock:
+                if self._closed:
+                    conn.close()
+                    return
+                self.connections += 1
+                self._open.add(conn)  # before any wrap: close() can end a stalled handshake
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
-    def _connection(self, conn: socket.socket) -> None:
-        if self.wrap is not None:
-            try:
-                conn = self.wrap(conn)
-            except OSError:
-                conn.close()
-                return
-        with self._lock:
-            self._open.add(conn)
+    def _connection(self, raw: socket.socket) -> None:
+        conn = raw
         try:
+            if self.wrap is not None:
+                conn = self.wrap(raw)
             buf = b""
             while True:
                 while b"\r\n\r\n" not in buf:
@@ -57,23 +58,29 @@ class ScriptedServer:
                         return
                     buf += chunk
                 buf = buf.split(b"\r\n\r\n", 1)[1]
-                self.requests += 1
-                self.script(conn, self.requests)
+                with self._lock:
+                    self.requests += 1
+                    number = self.requests
+                self.script(conn, number)
         except OSError:
             return
         finally:
             with self._lock:
-                self._open.discard(conn)
+                self._open.discard(raw)
             conn.close()
 
     def close(self) -> None:
         """Stop accepting and end every open connection (a script blocked in `recv` wakes)."""
-        self.listener.close()
         with self._lock:
+            self._closed = True
             conns = list(self._open)
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+        self.listener.close()
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(5)
 
 
 Serve = Callable[..., ScriptedServer]

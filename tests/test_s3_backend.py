@@ -313,30 +313,6 @@ def test_a_short_body_is_a_transient_error(serve: Serve) -> None:
         backend.close()
 
 
-def test_an_error_answered_before_a_part_is_sent_is_that_error(serve: Serve) -> None:
-    """S3 may refuse an upload (403) as soon as it has the headers, and close the connection
-    without reading the body: the part upload reports the refusal (permanent, with S3's
-    message), not a connection reset to retry until the deadline."""
-    refusal = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-
-    def refuse_early(conn: socket.socket, _: int) -> None:
-        conn.sendall(
-            b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nConnection: close\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(refusal), refusal)
-        )
-        conn.shutdown(socket.SHUT_RDWR)
-
-    server = serve(refuse_early)
-    backend = S3Backend("bucket", BackendOptions(endpoint_url=server.url, region="us-east-1"))
-    try:
-        assert backend._direct is not None
-        with pytest.raises(errors.PermissionDenied, match="Access Denied"):
-            backend.upload_part("k", "upload-id", 1, b"x" * (8 << 20))
-    finally:
-        backend.close()
-    assert server.requests == 1  # refused once, not retried
-
-
 def test_uploads_carry_a_crc32c_that_the_server_verifies(
     server: S3TestServer, s3: S3Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
