@@ -241,10 +241,14 @@ def writes(ctx: Ctx, spec: FsSpec) -> None:
                 finally:
                     ctx.release(m)
             finally:
-                with ctx.server.no_latency():  # what a peer uploaded after the deletes above
-                    for prefix in (f"w-{run}/", f"c-{run}/"):
-                        delete_prefix(ctx.client, prefix)
-                ctx.remove(cache)
+                try:
+                    with ctx.server.no_latency():  # what a peer uploaded after the deletes above
+                        for prefix in (f"w-{run}/", f"c-{run}/"):
+                            delete_prefix(ctx.client, prefix)
+                except Exception as exc:  # never hide the workload's own error
+                    log(f"cleaning up {run}: {exc}")
+                finally:
+                    ctx.remove(cache)
     finally:  # what was measured counts even if a later step failed
         ctx.add(spec.name, "write_1g_close", res["close"], "MB/s")
         ctx.add(spec.name, "write_1g_bucket", res["bucket"], "MB/s")

@@ -510,10 +510,11 @@ class S3TestServer(EmulatesLatency):
 
         class QuietHandler(MotoRequestHandler):
             def setup(self) -> None:
-                # Answers go out as several small writes (TLS handshake flights, headers, then
-                # the body): with Nagle each later one waits for the client's delayed ACK,
-                # 15-60 ms per request over HTTPS. S3's front ends do not make clients wait so.
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Answers go out as several small writes (headers, then the body): with Nagle
+                # each later one waits for the client's delayed ACK, ~12 ms per request over
+                # HTTPS. S3's front ends do not make clients wait so. (The listening socket
+                # has it too, for the TLS handshake that runs in accept(); see `start`.)
+                _no_delay(self.request)
                 super().setup()
 
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
@@ -533,6 +534,7 @@ class S3TestServer(EmulatesLatency):
             ssl_context=self.tls,
         )
         server = self._server
+        _no_delay(server.socket)  # inherited by accepted connections (Linux)
         self._thread = threading.Thread(
             target=lambda: server.serve_forever(poll_interval=0.05),
             name=f"s3-test-server:{self.port}",
@@ -1135,6 +1137,12 @@ def create_iam_user(name: str) -> tuple[str, str]:
     iam.put_user_policy(name, "everything", json.dumps(policy))
     key = iam.create_access_key(name)
     return key.access_key_id, key.secret_access_key
+
+
+def _no_delay(sock: socket.socket) -> None:
+    """TCP_NODELAY where the socket is TCP (not on a unix socket, where it does not exist)."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def main(argv: list[str] | None = None) -> None:
