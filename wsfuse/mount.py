@@ -39,6 +39,8 @@ READY_FD_ENV = "WSFUSE_READY_FD"
 # Sequential reads arrive from the kernel in read_ahead_kb pieces; 128 KiB is the default.
 # 1 MiB is the largest request libfuse 3.14 negotiates (max_pages 256): one block per request.
 READ_AHEAD_KB = 1024
+# What a system call on the mount point answers once its FUSE connection has ended.
+ENDED_ERRNOS = frozenset({errno.ECONNABORTED, errno.ENOTCONN})
 # How long the parent waits for the daemon to report; a bucket check retries up to ~60 s.
 DAEMON_START_TIMEOUT = 120
 
@@ -227,7 +229,15 @@ async def _main(backend: Backend, config: MountConfig, mountpoint: Path, source:
 async def _after_mount(mountpoint: Path, source: str) -> None:
     # stat() of the root goes through our own main loop, so it runs in a thread; its answer
     # proves the kernel mount works end to end.
-    st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    try:
+        st = await trio.to_thread.run_sync(os.stat, mountpoint)
+    except OSError as exc:
+        if exc.errno not in ENDED_ERRNOS:
+            raise
+        # Unmounted while starting (a signal, `wsfuse unmount`): the main loop is ending
+        # cleanly on its own; nothing is ready to report.
+        log.info("%s was unmounted before it was ready", mountpoint)
+        return
     set_read_ahead(st.st_dev)
     log.info("mounted %s at %s", source, mountpoint)
     report_ready("ready")
