@@ -147,6 +147,28 @@ def test_random_4k_reads_fetch_at_most_a_block_each(bucket: S3Bucket, mounter: A
     assert bucket.get_bytes("rand") <= n * BLOCK
 
 
+def test_a_larger_read_ahead_kb_still_reads_one_stream(bucket: S3Bucket, mounter: Any) -> None:
+    """With read_ahead_kb above the 1 MiB request size the kernel sends a sequential reader's
+    read-ahead as several requests at once, served in any order: still one stream, fetched in
+    fetch-sized GETs, each byte once."""
+    size = 48 * BLOCK
+    bucket.put("ra", ramp("ra", 0, size))
+    m = mounter()
+    st = os.stat(m.path)
+    read_ahead = Path(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb")
+    try:
+        read_ahead.write_text("8192")
+    except OSError as exc:
+        pytest.skip(f"cannot set {read_ahead}: {exc}")
+    got = bytearray()
+    with open(m.path / "ra", "rb", buffering=0) as f:
+        while chunk := f.read(BLOCK):
+            got += chunk
+    assert got == ramp("ra", 0, size)
+    assert bucket.get_bytes("ra") == size
+    assert bucket.gets("ra") <= size // (8 * BLOCK) + 3
+
+
 def _block_files(cache_dir: Path) -> list[Path]:
     return [
         p
