@@ -454,10 +454,13 @@ class Reader:
             self._read_ahead(last + 1)
         start = offset - first * bs
         parts = [await self._block(i, fetch - (i - first)) for i in range(first, last + 1)]
-        # Keep the block the read ended in only if the read ended inside it (see `last`).
-        if step is not None:  # (a read served out of order leaves the stream's as it was)
+        # Keep the block a sequential read ended in, if it ended inside it (see `last`); a
+        # read served out of order leaves the stream's as it was.
+        if sequential:
             ends_inside = end % bs != 0 and end != self.obj.size
-            self.last = (last, parts[-1]) if ends_inside and sequential else None
+            self.last = (last, parts[-1]) if ends_inside else None
+        elif step is False:
+            self.last = None
         if first == last:
             block = parts[0]
             if start == 0 and end - offset == len(block):
@@ -482,14 +485,12 @@ class Reader:
             self.window = min(max(self.window * 2, self.fetch_blocks), self.max_window)
             self.next_offset = max(front, end)
             self.out_of_order = 0
-            while self.reordered:  # the front caught up with reads served ahead of it
-                caught = [start for start in self.reordered if start <= self.next_offset]
-                if not caught:
+            for start in sorted(self.reordered):  # reads served ahead that the front reached
+                if start > self.next_offset:
                     break
-                for start in caught:
-                    self.next_offset = max(self.next_offset, self.reordered.pop(start))
+                self.next_offset = max(self.next_offset, self.reordered.pop(start))
             return True
-        reach = self.window * self.block_size
+        reach = self.window * bs
         if front - reach < offset < front + reach and self.out_of_order < REORDER_LIMIT:
             self.out_of_order += 1
             if offset > front:

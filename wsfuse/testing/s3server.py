@@ -509,14 +509,6 @@ class S3TestServer(EmulatesLatency):
             moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
 
         class QuietHandler(MotoRequestHandler):
-            def setup(self) -> None:
-                # Answers go out as several small writes (headers, then the body): with Nagle
-                # each later one waits for the client's delayed ACK, ~12 ms per request over
-                # HTTPS. S3's front ends do not make clients wait so. (The listening socket
-                # has it too, for the TLS handshake that runs in accept(); see `start`.)
-                _no_delay(self.request)
-                super().setup()
-
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 pass
 
@@ -534,7 +526,12 @@ class S3TestServer(EmulatesLatency):
             ssl_context=self.tls,
         )
         server = self._server
-        _no_delay(server.socket)  # inherited by accepted connections (Linux)
+        # Answers go out as several small writes (TLS handshake flights, headers, then the
+        # body): with Nagle each later one waits for the client's delayed ACK, ~12 ms per
+        # request over HTTPS; S3's front ends do not make clients wait so. Set on the
+        # listening socket, it holds for every accepted connection (Linux copies it), the
+        # handshake that runs in accept() included.
+        _no_delay(server.socket)
         self._thread = threading.Thread(
             target=lambda: server.serve_forever(poll_interval=0.05),
             name=f"s3-test-server:{self.port}",
