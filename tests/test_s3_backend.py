@@ -27,7 +27,7 @@ from wsfuse.backends.base import MIN_PART_SIZE
 from wsfuse.backends.httpbody import BlockBody
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.retry import RetryingBackend, RetryPolicy
-from wsfuse.backends.s3 import S3Backend, map_error
+from wsfuse.backends.s3 import PARALLEL_COPY_ABOVE, S3Backend, copy_part_size, map_error
 from wsfuse.testing.ramp import ramp
 from wsfuse.testing.s3server import S3TestServer
 
@@ -465,6 +465,16 @@ def test_multipart_copy_above_the_single_copy_limit(server: S3TestServer, s3: S3
     s3.copy("src", "dst2", metadata={"uid": "7"})
     assert s3.head("dst2").metadata == {"uid": "7"}
     assert s3.list_multipart("") == []
+
+
+def test_copy_part_size_splits_large_copies_into_about_16_parts() -> None:
+    mib = 1024 * 1024
+    assert 5 * 1024 * mib > PARALLEL_COPY_ABOVE  # S3 refuses one CopyObject above 5 GiB
+    assert copy_part_size(1024 * mib) == 64 * mib  # a 1 GiB checkpoint: 16 parts
+    assert copy_part_size(300 * mib) == 64 * mib  # never below the minimum: 5 parts
+    assert copy_part_size(10 * 1024 * mib + 1) == 641 * mib  # MiB multiples, 16 parts
+    assert copy_part_size(1024 * 1024 * mib) == 5 * 1024 * mib  # S3's 5 GiB part limit
+    assert copy_part_size(3 * MIN_PART_SIZE, MIN_PART_SIZE) == MIN_PART_SIZE
 
 
 def test_failed_multipart_copy_aborts_its_upload(server: S3TestServer, s3: S3Backend) -> None:

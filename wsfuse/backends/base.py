@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 MAX_PARTS = 10_000
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
-# Server-side copy of one request is limited to 5 GiB on S3; above that, multipart copy.
-MAX_SINGLE_COPY = 5 * 1024 * 1024 * 1024
 # 8 MiB parts: the boto3/awscli default and mountpoint-s3's; large enough to amortise
 # per-request latency, small enough to pipeline a sequential writer's parts.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
