@@ -5,6 +5,7 @@ credentials, the error mapping, and multipart copy."""
 from __future__ import annotations
 
 import datetime
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -475,6 +476,68 @@ def test_copy_part_size_splits_large_copies_into_about_16_parts() -> None:
     assert copy_part_size(10 * 1024 * mib + 1) == 641 * mib  # MiB multiples, 16 parts
     assert copy_part_size(1024 * 1024 * mib) == 5 * 1024 * mib  # S3's 5 GiB part limit
     assert copy_part_size(3 * MIN_PART_SIZE, MIN_PART_SIZE) == MIN_PART_SIZE
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["copy_object", "part_copy"])
+def test_copy_keeps_content_headers_and_tags(
+    server: S3TestServer, s3: S3Backend, parallel: bool
+) -> None:
+    """A rename must not strip what other tools set on an object: CopyObject keeps its content
+    headers and tags by itself, a multipart copy only if they are passed along."""
+    size = 2 * MIN_PART_SIZE + 7
+    client = server.client()
+    try:
+        client.put_object(
+            Bucket=s3.bucket,
+            Key="src",
+            Body=ramp("src", 0, size),
+            ContentType="application/x-tar",
+            ContentEncoding="gzip",
+            ContentDisposition='attachment; filename="a b.tar"',
+            ContentLanguage="en",
+            CacheControl="max-age=60",
+            Metadata={"mode": "33188"},
+            Tagging="team=ml&kind=shard%20data",
+        )
+        if parallel:
+            s3.max_single_copy = MIN_PART_SIZE
+            s3.copy_part_size = MIN_PART_SIZE
+        server.reset_stats()
+        s3.copy("src", "dst")
+        assert server.count("UPLOAD_PART_COPY") == (3 if parallel else 0)
+        head = client.head_object(Bucket=s3.bucket, Key="dst")
+        assert head["ContentType"] == "application/x-tar"
+        assert head["ContentEncoding"] == "gzip"
+        assert head["ContentDisposition"] == 'attachment; filename="a b.tar"'
+        assert head["ContentLanguage"] == "en"
+        assert head["CacheControl"] == "max-age=60"
+        assert head["Metadata"] == {"mode": "33188"}
+        tags = client.get_object_tagging(Bucket=s3.bucket, Key="dst")["TagSet"]
+        assert sorted((t["Key"], t["Value"]) for t in tags) == [
+            ("kind", "shard data"),
+            ("team", "ml"),
+        ]
+        assert s3.get_range("dst", size - 100, 100) == ramp("src", size - 100, 100)
+    finally:
+        client.close()
+
+
+def test_part_copy_without_permission_to_read_tags_goes_without_them(
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    s3.put("src", ramp("src", 0, 2 * MIN_PART_SIZE), metadata={"mode": "1"})
+    s3.max_single_copy = MIN_PART_SIZE
+    s3.copy_part_size = MIN_PART_SIZE
+
+    def denied(**kwargs: Any) -> Any:
+        error = {"Error": {"Code": "AccessDenied", "Message": "no s3:GetObjectTagging"}}
+        raise ClientError(error, "GetObjectTagging")
+
+    monkeypatch.setattr(s3._client, "get_object_tagging", denied)
+    with caplog.at_level(logging.INFO, logger="wsfuse.backends.s3"):
+        info = s3.copy("src", "dst")
+    assert "goes without its tags" in caplog.text
+    assert info.metadata == {"mode": "1"} and s3.head("dst").size == 2 * MIN_PART_SIZE
 
 
 def test_failed_multipart_copy_aborts_its_upload(server: S3TestServer, s3: S3Backend) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import email.utils
 import logging
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -72,6 +73,27 @@ def copy_part_size(total_size: int, smallest: int = MIN_COPY_PART) -> int:
     even = -(-total_size // COPY_PARTS)
     even = -(-even // mib) * mib
     return part_size_for(total_size, min(MAX_PART_SIZE, max(smallest, even)))
+
+
+#: What CopyObject keeps (`MetadataDirective=COPY`) besides user metadata, which a multipart
+#: copy must pass to CreateMultipartUpload itself (HeadObject names = the call's arguments).
+_CONTENT_HEADERS = (
+    "ContentType",
+    "ContentEncoding",
+    "ContentDisposition",
+    "ContentLanguage",
+    "CacheControl",
+)
+
+
+def _object_info(key: str, resp: Mapping[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        key=key,
+        size=int(resp["ContentLength"]),
+        etag=_strip(resp["ETag"]),
+        mtime=_timestamp(resp["LastModified"]),
+        metadata=dict(resp.get("Metadata", {})),
+    )
 
 
 T = TypeVar("T")
@@ -394,15 +416,11 @@ class S3Backend(Backend):
     # ------------------------------------------------------------------ reads
 
     def head(self, key: str) -> ObjectInfo:
+        return _object_info(key, self._head_response(key))
+
+    def _head_response(self, key: str) -> Mapping[str, Any]:
         with self._mapped("head", key):
-            resp = self._client.head_object(Bucket=self.bucket, Key=key)
-        return ObjectInfo(
-            key=key,
-            size=int(resp["ContentLength"]),
-            etag=_strip(resp["ETag"]),
-            mtime=_timestamp(resp["LastModified"]),
-            metadata=dict(resp.get("Metadata", {})),
-        )
+            return self._client.head_object(Bucket=self.bucket, Key=key)
 
     def get_range(
         self, key: str, offset: int, length: int, *, if_match: str | None = None
@@ -545,14 +563,16 @@ class S3Backend(Backend):
         return self._create_multipart(key, metadata, checksums=self._checksums)
 
     def _create_multipart(
-        self, key: str, metadata: Mapping[str, str] | None, *, checksums: bool
+        self, key: str, metadata: Mapping[str, str] | None, *, checksums: bool, **extra: Any
     ) -> str:
         """With `checksums`, every part must carry its CRC32C (`upload_part` does) and S3
-        checks each one; a multipart copy's parts are S3's own bytes and go without."""
+        checks each one; a multipart copy's parts are S3's own bytes and go without.
+        `extra`: more CreateMultipartUpload arguments (a copy's content headers, tags)."""
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
             "Metadata": _metadata(metadata),
+            **extra,
         }
         if checksums:
             kwargs["ChecksumAlgorithm"] = "CRC32C"
@@ -652,12 +672,13 @@ class S3Backend(Backend):
             key_marker, upload_marker = next_key, next_upload
 
     def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        source = self.head(src)
+        head = self._head_response(src)
+        source = _object_info(src, head)
         new_meta = dict(source.metadata or {}) if metadata is None else _metadata(metadata)
         if src == dst and metadata is None:
             return source  # S3 refuses a copy onto itself that changes nothing
         if source.size > self.max_single_copy:
-            return self._multipart_copy(src, dst, source, new_meta)
+            return self._multipart_copy(src, dst, source, new_meta, head)
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": dst,
@@ -686,10 +707,16 @@ class S3Backend(Backend):
         )
 
     def _multipart_copy(
-        self, src: str, dst: str, source: ObjectInfo, metadata: dict[str, str]
+        self,
+        src: str,
+        dst: str,
+        source: ObjectInfo,
+        metadata: dict[str, str],
+        head: Mapping[str, Any],
     ) -> ObjectInfo:
         """Server-side copy in parts (UploadPartCopy, 8 at a time), for sources above
-        `max_single_copy`."""
+        `max_single_copy`. What a CopyObject keeps by itself (content headers, tags) is
+        passed to the new upload from the source's HEAD (`head`) and its tags."""
         part_size = copy_part_size(source.size, self.copy_part_size)
         ranges = [
             (number, offset, min(part_size, source.size - offset))
@@ -711,7 +738,11 @@ class S3Backend(Backend):
                 )
             return PartInfo(number=number, etag=_strip(resp["CopyPartResult"]["ETag"]), size=length)
 
-        upload_id = self._create_multipart(dst, metadata, checksums=False)
+        carried = {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
+        tagging = self._tagging_of(src)
+        if tagging:
+            carried["Tagging"] = tagging
+        upload_id = self._create_multipart(dst, metadata, checksums=False, **carried)
         try:
             workers = max(1, min(8, len(ranges), self.options.max_connections))
             with ThreadPoolExecutor(workers, thread_name_prefix="s3-copy") as pool:
@@ -728,6 +759,20 @@ class S3Backend(Backend):
         return ObjectInfo(
             key=dst, size=source.size, etag=info.etag, mtime=info.mtime, metadata=metadata
         )
+
+    def _tagging_of(self, key: str) -> str:
+        """The object's tags as a query string for a new upload, "" without tags or without
+        permission to read them (s3:GetObjectTagging): a copy then goes without its tags
+        rather than failing, as it would have to without that permission anyway."""
+        try:
+            with self._mapped("get tagging", key):
+                tags = self._client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
+        except errors.BackendError as exc:
+            if isinstance(exc, errors.Transient):
+                raise
+            log.info("copy of s3://%s/%s goes without its tags: %s", self.bucket, key, exc)
+            return ""
+        return urllib.parse.urlencode([(t["Key"], t["Value"]) for t in tags])
 
     def delete(self, key: str) -> None:
         try:
