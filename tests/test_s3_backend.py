@@ -24,6 +24,7 @@ from botocore.exceptions import (
 from tests.conftest import TEST_RETRY, AuthServer, fresh_bucket_name, self_signed_certificate
 from tests.scripted_server import Serve
 from wsfuse import errors
+from wsfuse.backends import plainhttp
 from wsfuse.backends.base import MIN_PART_SIZE
 from wsfuse.backends.httpbody import BlockBody
 from wsfuse.backends.options import BackendOptions
@@ -241,22 +242,28 @@ def test_a_wrong_region_answer_hands_the_direct_path_back_to_boto3(
     assert s3.get_range("k", 0, 2) == b"01"
 
 
+@pytest.mark.parametrize("path", ["plain", "botocore"])
 def test_ranged_gets_read_each_block_straight_from_the_socket(
-    s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
-    """The direct GET reads its body with one `recv(MSG_WAITALL)` per block (BlockBody), not
-    through urllib3's read loop; the bytes are the object's."""
+    """The direct GET reads its body with one `recv(MSG_WAITALL)` per block, on its own
+    keep-alive socket (`PlainHttp`, plain-HTTP endpoints) or from botocore's connection
+    (`BlockBody`), never through urllib3's read loop; the bytes are the object's."""
     data = ramp("k", 0, 5 * 1024 * 1024 + 321)
     s3.put("k", data)
+    assert s3._direct is not None and s3._direct.plain is not None
+    if path == "botocore":
+        s3._direct.plain = None
+    reader: Any = BlockBody if path == "botocore" else plainhttp.Response
     reads: list[int] = []
-    original = BlockBody.read
+    original = reader.read
 
-    def counting(self: BlockBody, amt: int | None = None) -> bytes:
-        piece = original(self, amt)
+    def counting(self: Any, amt: int | None = None) -> bytes:
+        piece: bytes = original(self, amt)
         reads.append(len(piece))
         return piece
 
-    monkeypatch.setattr(BlockBody, "read", counting)
+    monkeypatch.setattr(reader, "read", counting)
     blocks = s3.get_blocks("k", 100, len(data) - 100, 1024 * 1024)
     assert b"".join(blocks) == data[100:]
     assert [len(b) for b in blocks] == [1024 * 1024] * 5 + [221]
@@ -275,6 +282,7 @@ def test_the_backend_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         backend = S3Backend("tls", options)
         try:
             assert backend._direct is not None
+            assert backend._direct.plain is None  # TLS: botocore's session sends the GETs
             data = ramp("big", 0, 2 * MIN_PART_SIZE + 4321)
             upload = backend.create_multipart("big")
             parts = [

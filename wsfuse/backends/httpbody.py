@@ -59,7 +59,7 @@ class BlockBody:
         if self._blocking:
             self._blocking = False
             try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(0))
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(0))
                 self._sock.settimeout(self._timeout)
             except OSError:
                 pass  # the socket is gone (closed after an error): nothing to restore
@@ -90,9 +90,7 @@ class BlockBody:
             self._blocking = True  # first: a failure half-way is still undone on exit
             self._sock.settimeout(None)
             if self._timeout:
-                self._sock.setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(self._timeout)
-                )
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(self._timeout))
         try:
             data = self._sock.recv(want - len(head), socket.MSG_WAITALL)
             if head:
@@ -132,6 +130,7 @@ def _content_encoding(raw: Any) -> str:
     return str(headers.get("Content-Encoding", "")) if headers is not None else ""
 
 
-def _timeval(seconds: float) -> bytes:
+def timeval(seconds: float) -> bytes:
+    """`seconds` as the `struct timeval` of SO_RCVTIMEO / SO_SNDTIMEO."""
     whole = int(seconds)
     return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))

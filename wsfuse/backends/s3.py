@@ -408,6 +408,7 @@ class S3Backend(Backend):
                 self._client.meta.region_name,
             )
             self._direct = None
+            direct.close()
             return None
 
     def _error(self, exc: BaseException, op: str, key: str | None) -> errors.BackendError:
@@ -800,6 +801,8 @@ class S3Backend(Backend):
             ) from exc
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._client.close()
 
 

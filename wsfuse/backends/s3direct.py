@@ -8,7 +8,9 @@ as 8 MiB ranged GETs, is that request over and over, so it is worth doing direct
 
 Everything that needs care still comes from botocore: the request is signed by its
 `S3SigV4Auth` with the session's (refreshing) credentials, sent by the client's own HTTP
-session (proxies, TLS verification, timeouts, pool), and failures arrive as botocore
+session (proxies, TLS verification, timeouts, pool) -- except GETs to a plain-HTTP endpoint
+that no proxy applies to, which `plainhttp.PlainHttp` writes to its own keep-alive sockets
+(another ~0.9 ms of client CPU less per request) -- and failures arrive as botocore
 exceptions or as a `ClientError` built from S3's XML error body, so `s3.map_error` maps both
 paths the same way. The base URL (virtual-hosted or path style, region) is taken from a
 presigned URL the client builds once, so addressing follows botocore's rules exactly.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -35,6 +38,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from wsfuse.backends.httpbody import BlockBody
+from wsfuse.backends.plainhttp import PlainHttp
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class DirectS3:
         self._credentials = credentials
         self._region = region
         self._config = config  # the client's Config: its S3 payload-signing choice
+        #: GETs on our own keep-alive sockets (plain-HTTP endpoints without a proxy), else None
+        self.plain: PlainHttp | None = None
 
     def _sign(self, request: AWSRequest) -> None:
         request.context["client_config"] = self._config
@@ -106,7 +112,13 @@ class DirectS3:
             log.debug("direct S3 requests unavailable (%s); using boto3", exc)
             return None
         base_url = f"{parts.scheme}://{parts.netloc}{path}"
-        return cls(base_url, http_session, credentials, region, client.meta.config)
+        direct = cls(base_url, http_session, credentials, region, client.meta.config)
+        direct.plain = _plain_http_for(parts, client.meta.config)
+        return direct
+
+    def close(self) -> None:
+        if self.plain is not None:
+            self.plain.close()
 
     def get(
         self,
@@ -128,6 +140,8 @@ class DirectS3:
         )
         self._sign(request)
         prepared = request.prepare()
+        if self.plain is not None:
+            return self._get_plain(self.plain, prepared, consume)
         prepared.stream_output = True
         response = self._http.send(prepared)
         raw = response.raw
@@ -151,6 +165,26 @@ class DirectS3:
         if status >= 300:
             raise _client_error(status, error_body, "GetObject")
         return status
+
+    def _get_plain(
+        self, plain: PlainHttp, prepared: Any, consume: Callable[[Any, int, int], None]
+    ) -> int:
+        url = urlsplit(prepared.url)
+        target = f"{url.path}?{url.query}" if url.query else url.path
+        headers = [("Host", url.netloc)]
+        headers += [(str(k), str(v)) for k, v in prepared.headers.items() if k.lower() != "host"]
+        response = plain.get(target, headers)
+        try:
+            if response.status >= 300:
+                error_body = response.read()
+                response.release()
+                raise _client_error(response.status, error_body, "GetObject")
+            consume(response, response.status, response.length)
+        except BaseException:
+            response.close()  # never reuse a connection with an unread body
+            raise
+        response.release()
+        return response.status
 
     def upload_part(self, key: str, upload_id: str, number: int, data: bytes, checksum: str) -> str:
         """UploadPart of `data` (CRC32C `checksum`, base64, or "") as one `sendall` of the bytes
@@ -177,6 +211,30 @@ class DirectS3:
                 "UploadPart",
             )
         return str(etag)
+
+
+def _plain_http_for(url: Any, config: Any) -> PlainHttp | None:
+    """A `PlainHttp` for the endpoint of the split URL `url`, or None where botocore's session
+    must send the requests: TLS, a proxy (configured or from the environment), an odd URL."""
+    try:
+        port = url.port or 80
+    except ValueError:
+        return None
+    host = url.hostname
+    if url.scheme != "http" or not host:
+        return None
+    if getattr(config, "proxies", None):
+        return None
+    proxies = urllib.request.getproxies()
+    if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        return None
+    return PlainHttp(
+        host,
+        port,
+        connect_timeout=getattr(config, "connect_timeout", None),
+        read_timeout=getattr(config, "read_timeout", None),
+        max_idle=int(getattr(config, "max_pool_connections", None) or 10),
+    )
 
 
 def _element(text: str, tag: str) -> str:

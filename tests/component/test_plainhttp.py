@@ -1,0 +1,189 @@
+"""PlainHttp, the keep-alive GET client of plain-HTTP endpoints, against scripted servers:
+reuse, a connection closed while idle, the body framings, timeouts and refusals."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import botocore.exceptions
+import pytest
+import urllib3.exceptions
+
+from tests.scripted_server import ScriptedServer, Serve
+from wsfuse.backends.options import BackendOptions
+from wsfuse.backends.plainhttp import PlainHttp
+from wsfuse.backends.s3 import S3Backend
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    head = [b"HTTP/1.1 200 OK", b"Content-Length: %d" % len(body), *extra]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+@pytest.fixture
+def clients() -> Iterator[list[PlainHttp]]:
+    made: list[PlainHttp] = []
+    yield made
+    for client in made:
+        client.close()
+
+
+def client_of(server: ScriptedServer, clients: list[PlainHttp], timeout: float = 5) -> PlainHttp:
+    client = PlainHttp(
+        "127.0.0.1", server.port, connect_timeout=timeout, read_timeout=timeout, max_idle=4
+    )
+    clients.append(client)
+    return client
+
+
+def fetch(client: PlainHttp, target: str = "/b/k") -> tuple[int, bytes]:
+    response = client.get(target, [("Host", "x")])
+    try:
+        return response.status, response.read()
+    finally:
+        response.release()
+
+
+def test_a_connection_serves_request_after_request(serve: Serve, clients: list[PlainHttp]) -> None:
+    server = serve(lambda conn, n: conn.sendall(ok(b"answer %d" % n, b'ETag: "e"')))
+    client = client_of(server, clients)
+    assert fetch(client) == (200, b"answer 1")
+    response = client.get("/b/k?x=1", [("Host", "x")])
+    assert response.headers["etag"] == '"e"' and response.length == len(b"answer 2")
+    assert response.read(3) == b"ans" and response.read() == b"wer 2" and response.read() == b""
+    response.release()
+    assert fetch(client) == (200, b"answer 3")
+    assert server.connections == 1
+
+
+def test_connection_close_and_http_1_0_are_not_reused(
+    serve: Serve, clients: list[PlainHttp]
+) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        if n % 2:
+            conn.sendall(ok(b"one", b"Connection: close"))
+        else:
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\ntwo")
+        conn.shutdown(socket.SHUT_RDWR)
+
+    client = client_of(serve(script), clients)
+    assert [fetch(client) for _ in range(4)] == [(200, b"one"), (200, b"two")] * 2
+
+
+def test_a_connection_closed_while_idle_is_replaced_transparently(
+    serve: Serve, clients: list[PlainHttp]
+) -> None:
+    """S3 closes idle connections without notice: the next GET on one is sent again on a new
+    connection (nothing of the answer had arrived, and a GET is safe to repeat)."""
+
+    def script(conn: socket.socket, n: int) -> None:
+        conn.sendall(ok(b"fresh %d" % n))
+        conn.shutdown(socket.SHUT_RDWR)  # no "Connection: close": the client keeps it
+
+    server = serve(script)
+    client = client_of(server, clients)
+    assert fetch(client) == (200, b"fresh 1")
+    time.sleep(0.1)  # the FIN arrives
+    assert fetch(client) == (200, b"fresh 2")
+    assert server.connections == 2
+
+
+def test_chunked_and_until_close_bodies(serve: Serve, clients: list[PlainHttp]) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        if n == 1:
+            conn.sendall(
+                b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\n<Erro\r\n"
+                b"a;ext=1\r\nr><Code>No\r\n"
+                b"0\r\nX-Trailer: y\r\n\r\n"
+            )
+        else:
+            conn.sendall(b"HTTP/1.1 500 Oops\r\n\r\nuntil the end")
+            conn.shutdown(socket.SHUT_RDWR)
+
+    server = serve(script)
+    client = client_of(server, clients)
+    assert fetch(client) == (404, b"<Error><Code>No")
+    assert fetch(client) == (500, b"until the end")
+    assert server.connections == 1  # the chunked answer left the connection reusable
+
+
+def test_head_and_body_in_pieces(serve: Serve, clients: list[PlainHttp]) -> None:
+    body = bytes(range(256)) * 1000
+
+    def script(conn: socket.socket, _: int) -> None:
+        whole = ok(body, b"X-Long: " + b"v" * 5000)
+        for start in range(0, len(whole), 777):
+            conn.sendall(whole[start : start + 777])
+            if start < 20_000:
+                time.sleep(0.001)
+
+    client = client_of(serve(script), clients)
+    response = client.get("/b/k", [("Host", "x")])
+    assert response.headers["x-long"] == "v" * 5000
+    assert [len(response.read(100_000)) for _ in range(3)] == [100_000, 100_000, 56_000]
+    response.release()
+
+
+def test_no_content_answers_have_no_body(serve: Serve, clients: list[PlainHttp]) -> None:
+    server = serve(lambda conn, _: conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    client = client_of(server, clients)
+    assert fetch(client) == (204, b"")
+    assert fetch(client) == (204, b"")
+    assert server.connections == 1
+
+
+def test_a_short_body_and_a_stall_fail_as_retryable_errors(
+    serve: Serve, clients: list[PlainHttp]
+) -> None:
+    def script(conn: socket.socket, n: int) -> None:
+        if n == 1:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+            conn.shutdown(socket.SHUT_RDWR)
+        else:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+            conn.recv(1)  # then nothing until the client gives up
+
+    client = client_of(serve(script), clients, timeout=0.3)
+    response = client.get("/b/k", [("Host", "x")])
+    with pytest.raises(urllib3.exceptions.ProtocolError, match="60 bytes before the end"):
+        response.read()
+    response = client.get("/b/k", [("Host", "x")])
+    t0 = time.monotonic()
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        response.read(100)
+    assert 0.25 < time.monotonic() - t0 < 3
+
+
+def test_no_answer_and_no_server(serve: Serve, clients: list[PlainHttp]) -> None:
+    client = client_of(serve(lambda conn, _: conn.recv(1)), clients, timeout=0.3)
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        client.get("/b/k", [("Host", "x")])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed on exit: connections are refused
+    refused = PlainHttp("127.0.0.1", port, connect_timeout=1, read_timeout=1, max_idle=1)
+    with pytest.raises(botocore.exceptions.EndpointConnectionError):
+        refused.get("/b/k", [("Host", "x")])
+
+
+def test_the_s3_backend_uses_it_only_without_a_proxy(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = serve(lambda conn, _: conn.sendall(ok(b""))).url
+    options = BackendOptions(endpoint_url=url, region="us-east-1")
+    backend = S3Backend("bucket", options)
+    try:
+        assert backend._direct is not None and backend._direct.plain is not None
+    finally:
+        backend.close()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    backend = S3Backend("bucket", options)
+    try:
+        assert backend._direct is not None and backend._direct.plain is None
+    finally:
+        backend.close()
