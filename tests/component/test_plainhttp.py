@@ -90,6 +90,34 @@ def test_a_connection_closed_while_idle_is_replaced_transparently(
     assert server.connections == 2
 
 
+def test_an_interim_answer_is_skipped(serve: Serve, clients: list[PlainHttp]) -> None:
+    server = serve(lambda conn, _: conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")))
+    client = client_of(server, clients)
+    assert fetch(client) == (200, b"final")
+    assert fetch(client) == (200, b"final")
+    assert server.connections == 1
+
+
+def test_an_idle_connection_with_something_to_read_is_not_reused(
+    serve: Serve, clients: list[PlainHttp]
+) -> None:
+    """A server that gave up on an idle connection may say so ("408") before closing it:
+    that answer must not be taken for the next request's."""
+
+    def script(conn: socket.socket, n: int) -> None:
+        conn.sendall(ok(b"answer %d" % n))
+        if n == 1:
+            time.sleep(0.05)
+            conn.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+
+    server = serve(script)
+    client = client_of(server, clients)
+    assert fetch(client) == (200, b"answer 1")
+    time.sleep(0.2)
+    assert fetch(client) == (200, b"answer 2")
+    assert server.connections == 2
+
+
 def test_chunked_and_until_close_bodies(serve: Serve, clients: list[PlainHttp]) -> None:
     def script(conn: socket.socket, n: int) -> None:
         if n == 1:

@@ -19,6 +19,7 @@ alike.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Iterable
@@ -30,6 +31,9 @@ from wsfuse.backends.httpbody import timeval
 
 #: Longest status line + headers accepted.
 MAX_HEAD = 64 * 1024
+#: Largest body read whole in memory: chunked or ended by the close (errors, in practice;
+#: the largest ranged GET wsfuse makes is 8 MiB).
+MAX_BUFFERED = 64 * 1024 * 1024
 
 
 class PlainHttp:
@@ -46,7 +50,10 @@ class PlainHttp:
     ) -> None:
         self.host = host
         self.port = port
-        self.url = f"http://{host}:{port}"
+        name = f"[{host}]" if ":" in host else host.lower()
+        #: The Host header, as botocore would sign it for this endpoint (no default port).
+        self.host_header = name if port == 80 else f"{name}:{port}"
+        self.url = f"http://{name}:{port}"
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._max_idle = max_idle
@@ -55,18 +62,19 @@ class PlainHttp:
         self._closed = False
 
     def get(self, target: str, headers: Iterable[tuple[str, str]]) -> Response:
-        """Send `GET target` with `headers` (Host included by the caller) and read the
-        answer's head. Read the body from the `Response`, then `release()` it."""
+        """Send `GET target` with `headers` (Host included by the caller, as signed) and
+        read the answer's head. Read the body from the `Response`, then `release()` it."""
         lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
+        lines.append("Accept-Encoding: identity")  # the stored bytes, never recompressed
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         sock = self._take()
         if sock is not None:
             try:
-                return self._exchange(sock, request)
+                return self._exchange(sock, request, reused=True)
             except _Stale:
                 pass  # closed while idle: once more on a new connection
         try:
-            return self._exchange(self._connect(), request)
+            return self._exchange(self._connect(), request, reused=False)
         except _Stale as exc:
             raise botocore.exceptions.ConnectionClosedError(endpoint_url=self.url) from exc
 
@@ -78,8 +86,21 @@ class PlainHttp:
             sock.close()
 
     def _take(self) -> socket.socket | None:
-        with self._lock:
-            return self._idle.pop() if self._idle else None
+        """An idle connection that has nothing to read: one that does (the server's EOF,
+        or a late "408 Request Timeout" before it closed) would answer for the next
+        request; it is closed instead, as urllib3 does."""
+        while True:
+            with self._lock:
+                if not self._idle:
+                    return None
+                sock = self._idle.pop()
+            try:
+                readable = select.select([sock], [], [], 0)[0]
+            except (OSError, ValueError):
+                readable = [sock]
+            if not readable:
+                return sock
+            sock.close()
 
     def _give_back(self, sock: socket.socket) -> None:
         with self._lock:
@@ -107,21 +128,21 @@ class PlainHttp:
             raise
         return sock
 
-    def _exchange(self, sock: socket.socket, request: bytes) -> Response:
+    def _exchange(self, sock: socket.socket, request: bytes, *, reused: bool) -> Response:
         try:
-            sock.sendall(request)
+            try:
+                sock.sendall(request)
+            except (ConnectionResetError, BrokenPipeError) as exc:
+                if reused:
+                    raise _Stale() from exc
+                raise
             head = _read_head(sock)
-        except _Stale:
-            sock.close()
-            raise
+            while _is_interim(head):  # "100 Continue" and the like: the answer follows
+                head = _read_head(sock)
+            return Response(self, sock, head)
         except BlockingIOError as exc:  # SO_RCVTIMEO / SO_SNDTIMEO expired
             sock.close()
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=self.url) from exc
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            return Response(self, sock, head)
         except BaseException:
             sock.close()
             raise
@@ -150,12 +171,13 @@ class Response:
         )
         self._buffered: bytes | None = None  # a body read ahead whole (chunked, until close)
         length = self.headers.get("content-length")
-        if self.status in (204, 304) or self.status < 200:
+        if self.status in (204, 304):
             length = "0"  # no body, whatever the headers say (RFC 9112, 6.3)
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._reusable = self._reusable and length is None  # both: do not trust the framing
             self._buffered = _read_chunked(sock)
             self.length = len(self._buffered)
-        elif length is not None and length.isdigit():
+        elif length is not None and length.isascii() and length.isdigit():
             self.length = int(length)
         else:
             self._reusable = False
@@ -218,6 +240,12 @@ class _Stale(Exception):
     """The connection closed before any byte of the answer: safe to send again."""
 
 
+def _is_interim(head: bytes) -> bool:
+    """A 1xx head other than 101 (which a GET never asks for): another head follows."""
+    parts = head.split(b" ", 2)
+    return len(parts) > 1 and parts[1][:1] == b"1" and parts[1] != b"101"
+
+
 def _read_head(sock: socket.socket) -> bytes:
     """The status line and headers, consumed up to the blank line and not a byte further
     (peeked first, so the body stays in the socket for `recv(MSG_WAITALL)`)."""
@@ -264,22 +292,32 @@ def _read_line(sock: socket.socket) -> bytes:
 def _read_chunked(sock: socket.socket) -> bytes:
     """A whole chunked body (S3 errors; never the blocks of a ranged GET)."""
     pieces: list[bytes] = []
+    total = 0
     while True:
         size_text = _read_line(sock).split(b";")[0].strip()
         try:
             size = int(size_text, 16)
-        except ValueError as exc:
-            raise urllib3.exceptions.ProtocolError(f"bad chunk size {size_text!r}") from exc
+        except ValueError:
+            size = -1
+        if size < 0 or not size_text.isalnum():
+            raise urllib3.exceptions.ProtocolError(f"bad chunk size {size_text!r}")
         if size == 0:
             while _read_line(sock):  # trailers, up to the blank line
                 pass
             return b"".join(pieces)
+        total += size
+        if total > MAX_BUFFERED:
+            raise urllib3.exceptions.ProtocolError(f"a chunked body over {MAX_BUFFERED} bytes")
         pieces.append(_recv_exactly(sock, size))
         _recv_exactly(sock, 2)  # the CRLF after the chunk
 
 
 def _read_to_close(sock: socket.socket) -> bytes:
     pieces: list[bytes] = []
+    total = 0
     while chunk := sock.recv(65536):
         pieces.append(chunk)
+        total += len(chunk)
+        if total > MAX_BUFFERED:
+            raise urllib3.exceptions.ProtocolError(f"a body over {MAX_BUFFERED} bytes unframed")
     return b"".join(pieces)

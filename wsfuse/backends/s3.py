@@ -75,6 +75,8 @@ def copy_part_size(total_size: int, smallest: int = MIN_COPY_PART) -> int:
     return part_size_for(total_size, min(MAX_PART_SIZE, max(smallest, even)))
 
 
+#: Answers of S3-compatible stores that do not implement a request (object tagging, say).
+_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed"})
 #: What CopyObject keeps (`MetadataDirective=COPY`) besides user metadata, which a multipart
 #: copy must pass to CreateMultipartUpload itself (HeadObject names = the call's arguments).
 _CONTENT_HEADERS = (
@@ -690,6 +692,8 @@ class S3Backend(Backend):
         }
         if metadata is not None:
             kwargs["Metadata"] = new_meta
+            # REPLACE replaces the content headers too: keep the source's, as COPY does.
+            kwargs.update({name: head[name] for name in _CONTENT_HEADERS if head.get(name)})
         try:
             with self._mapped("copy", src):
                 resp = self._client.copy_object(**kwargs)
@@ -746,8 +750,11 @@ class S3Backend(Backend):
         upload_id = self._create_multipart(dst, metadata, checksums=False, **carried)
         try:
             workers = max(1, min(8, len(ranges), self.options.max_connections))
-            with ThreadPoolExecutor(workers, thread_name_prefix="s3-copy") as pool:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="s3-copy")
+            try:
                 parts = list(pool.map(copy_part, ranges))
+            finally:  # after a failed part, the parts not started yet are not copied
+                pool.shutdown(wait=True, cancel_futures=True)
             info = self.complete_multipart(dst, upload_id, parts)
         except BaseException as exc:
             with contextlib.suppress(errors.BackendError):
@@ -769,11 +776,17 @@ class S3Backend(Backend):
             with self._mapped("get tagging", key):
                 tags = self._client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
         except errors.BackendError as exc:
-            if isinstance(exc, errors.Transient):
+            cause = exc.__cause__
+            unsupported = isinstance(cause, botocore.exceptions.ClientError) and (
+                cause.response.get("Error", {}).get("Code") in _UNSUPPORTED
+                or cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 501
+            )
+            if isinstance(exc, errors.Transient) and not unsupported:
                 raise
             log.info("copy of s3://%s/%s goes without its tags: %s", self.bucket, key, exc)
             return ""
-        return urllib.parse.urlencode([(t["Key"], t["Value"]) for t in tags])
+        pairs = [(t["Key"], t["Value"]) for t in tags]
+        return urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
 
     def delete(self, key: str) -> None:
         try:

@@ -135,13 +135,18 @@ class DirectS3:
         headers = {"Range": byte_range}
         if if_match is not None:
             headers["If-Match"] = if_match
+        plain = self.plain
+        if plain is not None:
+            # Signed as sent: botocore signs the host it derives from the URL (lower-case,
+            # no default port) unless the request names one.
+            headers["Host"] = plain.host_header
         request = AWSRequest(
             method="GET", url=self._base_url + quote(key, safe="/~"), headers=headers
         )
         self._sign(request)
         prepared = request.prepare()
-        if self.plain is not None:
-            return self._get_plain(self.plain, prepared, consume)
+        if plain is not None:
+            return self._get_plain(plain, prepared, consume)
         prepared.stream_output = True
         response = self._http.send(prepared)
         raw = response.raw
@@ -171,9 +176,7 @@ class DirectS3:
     ) -> int:
         url = urlsplit(prepared.url)
         target = f"{url.path}?{url.query}" if url.query else url.path
-        headers = [("Host", url.netloc)]
-        headers += [(str(k), str(v)) for k, v in prepared.headers.items() if k.lower() != "host"]
-        response = plain.get(target, headers)
+        response = plain.get(target, [(str(k), str(v)) for k, v in prepared.headers.items()])
         try:
             if response.status >= 300:
                 error_body = response.read()
@@ -225,8 +228,11 @@ def _plain_http_for(url: Any, config: Any) -> PlainHttp | None:
         return None
     if getattr(config, "proxies", None):
         return None
-    proxies = urllib.request.getproxies()
-    if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+    try:
+        proxies = urllib.request.getproxies()
+        if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+            return None
+    except (OSError, TypeError, ValueError):  # proxy_bypass may resolve names (macOS)
         return None
     return PlainHttp(
         host,
