@@ -289,8 +289,9 @@ def test_ranged_gets_read_each_block_straight_from_the_socket(
 
 
 def test_the_backend_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Real S3 endpoints are HTTPS: reads (direct GETs, whose bodies urllib3 then decrypts),
-    part uploads and listings all work over TLS, the certificate checked against the bundle."""
+    """Real S3 endpoints are HTTPS: reads (direct GETs on wsfuse's own TLS connections), part
+    uploads and listings all work over TLS, the certificate checked against the bundle; and
+    without the bundle the certificate is refused on both paths."""
     cert, key = self_signed_certificate(tmp_path)
     monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
     with S3TestServer(tls=(str(cert), str(key))) as server:
@@ -299,8 +300,8 @@ def test_the_backend_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         options = BackendOptions(endpoint_url=server.endpoint_url, region="us-east-1")
         backend = S3Backend("tls", options)
         try:
-            assert backend._direct is not None
-            assert backend._direct.plain is None  # TLS: botocore's session sends the GETs
+            assert backend._direct is not None and backend._direct.plain is not None
+            assert backend._direct.plain.tls is not None
             data = ramp("big", 0, 2 * MIN_PART_SIZE + 4321)
             upload = backend.create_multipart("big")
             parts = [
@@ -315,6 +316,14 @@ def test_the_backend_over_https(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         finally:
             backend.close()
         assert server.count("GET") >= 2
+        monkeypatch.delenv("AWS_CA_BUNDLE")  # botocore's own bundle: a self-signed cert fails
+        backend = S3Backend("tls", options)
+        try:
+            assert backend._direct is not None and backend._direct.plain is not None
+            with pytest.raises(errors.BackendError, match="TLS error"):
+                backend.get_range("big", 0, 10)
+        finally:
+            backend.close()
 
 
 def test_a_short_body_is_a_transient_error(serve: Serve) -> None:

@@ -4,13 +4,16 @@ reuse, a connection closed while idle, the body framings, timeouts and refusals.
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
 import urllib3.exceptions
 
+from tests.conftest import self_signed_certificate
 from tests.scripted_server import ScriptedServer, Serve
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.plainhttp import PlainHttp
@@ -215,3 +218,76 @@ def test_the_s3_backend_uses_it_only_without_a_proxy(
         assert backend._direct is not None and backend._direct.plain is None
     finally:
         backend.close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting it) for 127.0.0.1."""
+    cert, key = self_signed_certificate(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    return server_context, ssl.create_default_context(cafile=str(cert))
+
+
+def test_over_tls_bodies_framings_and_reuse(
+    serve: Serve, clients: list[PlainHttp], tls_server: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = tls_server
+    big = bytes(range(256)) * 4096  # 1 MiB: many TLS records
+
+    def script(conn: socket.socket, n: int) -> None:
+        if n == 2:
+            conn.sendall(
+                b"HTTP/1.1 404 No\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            )
+        else:
+            conn.sendall(ok(big, b"X-N: %d" % n))
+
+    server = serve(script, lambda conn: server_context.wrap_socket(conn, server_side=True))
+    client = PlainHttp(
+        "127.0.0.1", server.port, connect_timeout=5, read_timeout=5, max_idle=2, tls=client_context
+    )
+    clients.append(client)
+    assert client.host_header == f"127.0.0.1:{server.port}"
+    response = client.get("/b/k", [("Host", "x")])
+    assert response.headers["x-n"] == "1"
+    assert [len(response.read(300_000)) for _ in range(4)] == [300_000] * 3 + [148_576]
+    response.release()
+    assert fetch(client) == (404, b"abc")
+    assert fetch(client) == (200, big)
+    assert server.connections == 1
+
+
+def test_over_tls_a_stall_times_out_and_a_stranger_is_refused(
+    serve: Serve, clients: list[PlainHttp], tls_server: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    server_context, client_context = tls_server
+
+    def stall(conn: socket.socket, _: int) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 40)
+        conn.recv(1)
+
+    server = serve(stall, lambda conn: server_context.wrap_socket(conn, server_side=True))
+    client = PlainHttp(
+        "127.0.0.1",
+        server.port,
+        connect_timeout=2,
+        read_timeout=0.3,
+        max_idle=2,
+        tls=client_context,
+    )
+    clients.append(client)
+    response = client.get("/b/k", [("Host", "x")])
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        response.read(100)
+    stranger = PlainHttp(
+        "127.0.0.1",
+        server.port,
+        connect_timeout=2,
+        read_timeout=2,
+        max_idle=2,
+        tls=ssl.create_default_context(),  # does not trust the self-signed certificate
+    )
+    clients.append(stranger)
+    with pytest.raises(botocore.exceptions.SSLError):
+        stranger.get("/b/k", [("Host", "x")])

@@ -1,26 +1,29 @@
-"""GET requests on plain-HTTP keep-alive connections, without urllib3 and http.client.
+"""GET requests on wsfuse's own keep-alive connections, without urllib3 and http.client.
 
 Why: a 128 KiB ranged GET sent through botocore's HTTP session costs ~1.55 ms of client CPU on
 the test machine, ~1.1 ms of it Python in urllib3, http.client and the `email` header parser
 (about 1,900 function calls per request); the same signed request written to a socket by hand
 and its answer parsed here costs ~0.63 ms (docs/performance.md, session 7). A directory of
-small files is that request over and over. TLS, proxies and everything else stay with
-botocore: `DirectS3` uses this only for `http://` endpoints that no proxy applies to.
+small files is that request over and over. Proxies and client certificates stay with
+botocore: `DirectS3` uses this only for endpoints without them, and over TLS only with a
+context that checks the server as botocore's session would (same CA bundle, host name).
 
 What it does: one request at a time per connection (no pipelining), idle connections kept
-for reuse (HTTP/1.1 unless the server says `Connection: close`), a reused connection that
-turns out closed retried once on a new one (only when no byte of the answer arrived: a GET
-is safe to resend), the read timeout as the socket's `SO_RCVTIMEO` (the socket stays
-blocking, so a body block is one `recv(MSG_WAITALL)`, as in `httpbody.BlockBody`), bodies
-with a length, chunked bodies (S3 errors may come that way) and bodies ended by the close.
-Failures raise what urllib3 would make botocore raise, so `s3.map_error` treats both paths
-alike.
+for reuse (HTTP/1.1 unless the server says `Connection: close`; one that has something to
+read when taken is closed instead), a reused connection that turns out closed retried once on
+a new one (only when no byte of the answer arrived: a GET is safe to resend), interim 1xx
+answers skipped, bodies with a length, chunked bodies (S3 errors may come that way) and
+bodies ended by the close. Plain TCP reads a block with one `recv(MSG_WAITALL)` (the read
+timeout as `SO_RCVTIMEO`, as in `httpbody.BlockBody`); TLS reads it record by record into one
+buffer. Failures raise what urllib3 would make botocore raise, so `s3.map_error` treats both
+paths alike.
 """
 
 from __future__ import annotations
 
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Iterable
 
@@ -37,7 +40,8 @@ MAX_BUFFERED = 64 * 1024 * 1024
 
 
 class PlainHttp:
-    """Keep-alive GETs to one `host:port`. Thread-safe: each request has its own connection."""
+    """Keep-alive GETs to one `host:port`, over TCP or TLS (`tls`: the context that checks the
+    server's certificate). Thread-safe: each request has its own connection."""
 
     def __init__(
         self,
@@ -47,17 +51,20 @@ class PlainHttp:
         connect_timeout: float | None,
         read_timeout: float | None,
         max_idle: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.tls = tls
         name = f"[{host}]" if ":" in host else host.lower()
+        default_port = 443 if tls is not None else 80
         #: The Host header, as botocore would sign it for this endpoint (no default port).
-        self.host_header = name if port == 80 else f"{name}:{port}"
-        self.url = f"http://{name}:{port}"
+        self.host_header = name if port == default_port else f"{name}:{port}"
+        self.url = f"{'https' if tls is not None else 'http'}://{name}:{port}"
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._max_idle = max_idle
-        self._idle: list[socket.socket] = []
+        self._idle: list[_Link] = []
         self._lock = threading.Lock()
         self._closed = False
 
@@ -67,10 +74,10 @@ class PlainHttp:
         lines = [f"GET {target} HTTP/1.1", *(f"{name}: {value}" for name, value in headers)]
         lines.append("Accept-Encoding: identity")  # the stored bytes, never recompressed
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        sock = self._take()
-        if sock is not None:
+        link = self._take()
+        if link is not None:
             try:
-                return self._exchange(sock, request, reused=True)
+                return self._exchange(link, request, reused=True)
             except _Stale:
                 pass  # closed while idle: once more on a new connection
         try:
@@ -82,10 +89,10 @@ class PlainHttp:
         with self._lock:
             self._closed = True
             idle, self._idle = self._idle, []
-        for sock in idle:
-            sock.close()
+        for link in idle:
+            link.close()
 
-    def _take(self) -> socket.socket | None:
+    def _take(self) -> _Link | None:
         """An idle connection that has nothing to read: one that does (the server's EOF,
         or a late "408 Request Timeout" before it closed) would answer for the next
         request; it is closed instead, as urllib3 does."""
@@ -93,23 +100,19 @@ class PlainHttp:
             with self._lock:
                 if not self._idle:
                     return None
-                sock = self._idle.pop()
-            try:
-                readable = select.select([sock], [], [], 0)[0]
-            except (OSError, ValueError):
-                readable = [sock]
-            if not readable:
-                return sock
-            sock.close()
+                link = self._idle.pop()
+            if not link.readable():
+                return link
+            link.close()
 
-    def _give_back(self, sock: socket.socket) -> None:
+    def _give_back(self, link: _Link) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < self._max_idle:
-                self._idle.append(sock)
+                self._idle.append(link)
                 return
-        sock.close()
+        link.close()
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> _Link:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self._connect_timeout)
         except TimeoutError as exc:
@@ -117,43 +120,53 @@ class PlainHttp:
         except OSError as exc:
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=self.url) from exc
         try:
-            sock.settimeout(None)  # blocking: MSG_WAITALL fills a whole block
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._read_timeout:
-                limit = timeval(self._read_timeout)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
-        except OSError:
+            if self.tls is None:
+                sock.settimeout(None)  # blocking: MSG_WAITALL fills a whole block
+                if self._read_timeout:
+                    limit = timeval(self._read_timeout)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+                return _Link(sock)
+            try:  # the handshake within the connect timeout, then the read timeout
+                wrapped = self.tls.wrap_socket(sock, server_hostname=self.host)
+            except ssl.SSLError as exc:
+                raise botocore.exceptions.SSLError(endpoint_url=self.url, error=exc) from exc
+            except TimeoutError as exc:
+                raise botocore.exceptions.ConnectTimeoutError(endpoint_url=self.url) from exc
+            sock = wrapped
+            sock.settimeout(self._read_timeout)
+            return _Link(sock)
+        except BaseException:
             sock.close()
             raise
-        return sock
 
-    def _exchange(self, sock: socket.socket, request: bytes, *, reused: bool) -> Response:
+    def _exchange(self, link: _Link, request: bytes, *, reused: bool) -> Response:
         try:
             try:
-                sock.sendall(request)
-            except (ConnectionResetError, BrokenPipeError) as exc:
+                link.sock.sendall(request)
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
                 if reused:
                     raise _Stale() from exc
                 raise
-            head = _read_head(sock)
+            head = link.read_head()
             while _is_interim(head):  # "100 Continue" and the like: the answer follows
-                head = _read_head(sock)
-            return Response(self, sock, head)
-        except BlockingIOError as exc:  # SO_RCVTIMEO / SO_SNDTIMEO expired
-            sock.close()
+                head = link.read_head()
+            return Response(self, link, head)
+        except _TIMEOUTS as exc:
+            link.close()
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=self.url) from exc
         except BaseException:
-            sock.close()
+            link.close()
             raise
 
 
 class Response:
     """One answer: `status`, `headers` (lower-case names), then the body by `read`."""
 
-    def __init__(self, client: PlainHttp, sock: socket.socket, head: bytes) -> None:
+    def __init__(self, client: PlainHttp, link: _Link, head: bytes) -> None:
         self._client = client
-        self._sock: socket.socket | None = sock
+        self._link: _Link | None = link
         lines = head.decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
         code = rest.partition(" ")[0]
@@ -175,13 +188,13 @@ class Response:
             length = "0"  # no body, whatever the headers say (RFC 9112, 6.3)
         if "chunked" in self.headers.get("transfer-encoding", "").lower():
             self._reusable = self._reusable and length is None  # both: do not trust the framing
-            self._buffered = _read_chunked(sock)
+            self._buffered = _read_chunked(link)
             self.length = len(self._buffered)
         elif length is not None and length.isascii() and length.isdigit():
             self.length = int(length)
         else:
             self._reusable = False
-            self._buffered = _read_to_close(sock)
+            self._buffered = _read_to_close(link)
             self.length = len(self._buffered)
         self.remaining = self.length
 
@@ -196,19 +209,17 @@ class Response:
             start = self.length - self.remaining
             self.remaining -= want
             return self._buffered[start : start + want]
-        sock = self._sock
-        if sock is None:
+        link = self._link
+        if link is None:
             raise ValueError("read from a released response")
         try:
-            data = sock.recv(want, socket.MSG_WAITALL)
-            while 0 < len(data) < want:  # a signal ended the wait early: wait for the rest
-                more = sock.recv(want - len(data), socket.MSG_WAITALL)
-                if not more:
-                    break
-                data += more
-        except BlockingIOError as exc:  # SO_RCVTIMEO expired
+            data = link.recv_exactly(want)
+        except _TIMEOUTS as exc:
             self.close()
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._client.url) from exc
+        except BaseException:
+            self.close()
+            raise
         if len(data) < want:
             missing = self.remaining - len(data)
             self.close()
@@ -222,22 +233,125 @@ class Response:
     def release(self) -> None:
         """Done with this answer: its connection goes back for reuse if the body was read to
         its end and the server keeps connections open, else it is closed."""
-        sock, self._sock = self._sock, None
-        if sock is None:
+        link, self._link = self._link, None
+        if link is None:
             return
         if self._reusable and self.remaining == 0:
-            self._client._give_back(sock)
+            self._client._give_back(link)
         else:
-            sock.close()
+            link.close()
 
     def close(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+
+
+class _Link:
+    """One connection. Plain TCP: the head is peeked, so the body stays in the socket and a
+    block is one blocking `recv(MSG_WAITALL)` (the read timeout is `SO_RCVTIMEO`). TLS: an
+    `SSLSocket` takes no flags and returns at most one record (16 KiB) per `recv`, so the
+    head is read through a buffer whose rest starts the body, and a block is read record by
+    record into one buffer (the read timeout is the socket's own)."""
+
+    __slots__ = ("_rest", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._rest = b""  # TLS: bytes read past the head
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def readable(self) -> bool:
+        """Something (data or EOF) arrived while idle."""
+        if self._rest or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+            return True
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def read_head(self) -> bytes:
+        """The status line and headers, up to the blank line."""
+        if isinstance(self.sock, ssl.SSLSocket):
+            return self._read_head_buffered()
+        taken = b""
+        while True:
+            peek = self._first_recv(bool(taken), MAX_HEAD, socket.MSG_PEEK)
+            end = (taken + peek).find(b"\r\n\r\n")
+            if end >= 0:
+                return taken + self._exactly(end + 4 - len(taken))
+            if len(taken) + len(peek) > MAX_HEAD:
+                raise urllib3.exceptions.ProtocolError(f"response headers longer than {MAX_HEAD}")
+            taken += self._exactly(len(peek))
+
+    def _read_head_buffered(self) -> bytes:
+        data, self._rest = self._rest, b""
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            if len(data) > MAX_HEAD:
+                raise urllib3.exceptions.ProtocolError(f"response headers longer than {MAX_HEAD}")
+            data += self._first_recv(bool(data), 65536)
+        self._rest = data[end + 4 :]
+        return data[: end + 4]
+
+    def _first_recv(self, started: bool, n: int, flags: int = 0) -> bytes:
+        """A read of the answer's head: before its first byte, a reset or EOF means the
+        server had closed the connection (`_Stale`: safe to send again)."""
+        try:
+            got = self.sock.recv(n, flags)
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError) as exc:
+            if not started:
+                raise _Stale() from exc
+            raise
+        if not got:
+            if not started:
+                raise _Stale()
+            raise urllib3.exceptions.ProtocolError("the connection closed in the response headers")
+        return got
+
+    def recv_upto(self, n: int) -> bytes:
+        if self._rest:
+            data, self._rest = self._rest[:n], self._rest[n:]
+            return data
+        return self.sock.recv(n)
+
+    def recv_exactly(self, n: int) -> bytes:
+        """`n` bytes, fewer only if the connection closed first."""
+        if not self._rest and not isinstance(self.sock, ssl.SSLSocket):
+            data = self.sock.recv(n, socket.MSG_WAITALL)
+            while 0 < len(data) < n:  # a signal ended the wait early: wait for the rest
+                more = self.sock.recv(n - len(data), socket.MSG_WAITALL)
+                if not more:
+                    break
+                data += more
+            return data
+        buffer = bytearray(n)
+        head, self._rest = self._rest[:n], self._rest[n:]
+        buffer[: len(head)] = head
+        got = len(head)
+        with memoryview(buffer) as view:
+            while got < n:
+                k = self.sock.recv_into(view[got:], n - got)
+                if not k:
+                    break
+                got += k
+        return bytes(buffer) if got == n else bytes(buffer[:got])
+
+    def _exactly(self, n: int) -> bytes:
+        data = self.recv_exactly(n)
+        if len(data) < n:
+            raise urllib3.exceptions.ProtocolError("the connection closed in the middle")
+        return data
 
 
 class _Stale(Exception):
     """The connection closed before any byte of the answer: safe to send again."""
+
+
+#: What an expired read timeout raises: `SO_RCVTIMEO` on a blocking socket (EAGAIN), or the
+#: timeout of a TLS socket.
+_TIMEOUTS = (BlockingIOError, TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 def _is_interim(head: bytes) -> bool:
@@ -246,55 +360,21 @@ def _is_interim(head: bytes) -> bool:
     return len(parts) > 1 and parts[1][:1] == b"1" and parts[1] != b"101"
 
 
-def _read_head(sock: socket.socket) -> bytes:
-    """The status line and headers, consumed up to the blank line and not a byte further
-    (peeked first, so the body stays in the socket for `recv(MSG_WAITALL)`)."""
-    taken = b""
-    while True:
-        try:
-            peek = sock.recv(MAX_HEAD, socket.MSG_PEEK)
-        except (ConnectionResetError, BrokenPipeError) as exc:
-            if not taken:
-                raise _Stale() from exc
-            raise
-        if not peek:
-            if not taken:
-                raise _Stale()
-            raise urllib3.exceptions.ProtocolError("the connection closed in the response headers")
-        end = (taken + peek).find(b"\r\n\r\n")
-        if end >= 0:
-            need = end + 4 - len(taken)
-            return taken + _recv_exactly(sock, need)
-        if len(taken) + len(peek) > MAX_HEAD:
-            raise urllib3.exceptions.ProtocolError(f"response headers longer than {MAX_HEAD}")
-        taken += _recv_exactly(sock, len(peek))
-
-
-def _recv_exactly(sock: socket.socket, n: int) -> bytes:
-    data = sock.recv(n, socket.MSG_WAITALL)
-    while len(data) < n:
-        more = sock.recv(n - len(data), socket.MSG_WAITALL)
-        if not more:
-            raise urllib3.exceptions.ProtocolError("the connection closed in the middle")
-        data += more
-    return data
-
-
-def _read_line(sock: socket.socket) -> bytes:
+def _read_line(link: _Link) -> bytes:
     line = b""
     while not line.endswith(b"\r\n"):
         if len(line) > MAX_HEAD:
             raise urllib3.exceptions.ProtocolError("a chunk header longer than allowed")
-        line += _recv_exactly(sock, 1)
+        line += link._exactly(1)
     return line[:-2]
 
 
-def _read_chunked(sock: socket.socket) -> bytes:
+def _read_chunked(link: _Link) -> bytes:
     """A whole chunked body (S3 errors; never the blocks of a ranged GET)."""
     pieces: list[bytes] = []
     total = 0
     while True:
-        size_text = _read_line(sock).split(b";")[0].strip()
+        size_text = _read_line(link).split(b";")[0].strip()
         try:
             size = int(size_text, 16)
         except ValueError:
@@ -302,20 +382,20 @@ def _read_chunked(sock: socket.socket) -> bytes:
         if size < 0 or not size_text.isalnum():
             raise urllib3.exceptions.ProtocolError(f"bad chunk size {size_text!r}")
         if size == 0:
-            while _read_line(sock):  # trailers, up to the blank line
+            while _read_line(link):  # trailers, up to the blank line
                 pass
             return b"".join(pieces)
         total += size
         if total > MAX_BUFFERED:
             raise urllib3.exceptions.ProtocolError(f"a chunked body over {MAX_BUFFERED} bytes")
-        pieces.append(_recv_exactly(sock, size))
-        _recv_exactly(sock, 2)  # the CRLF after the chunk
+        pieces.append(link._exactly(size))
+        link._exactly(2)  # the CRLF after the chunk
 
 
-def _read_to_close(sock: socket.socket) -> bytes:
+def _read_to_close(link: _Link) -> bytes:
     pieces: list[bytes] = []
     total = 0
-    while chunk := sock.recv(65536):
+    while chunk := link.recv_upto(65536):
         pieces.append(chunk)
         total += len(chunk)
         if total > MAX_BUFFERED:

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
+import ssl
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import botocore.exceptions
+import botocore.httpsession
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 
@@ -113,7 +116,7 @@ class DirectS3:
             return None
         base_url = f"{parts.scheme}://{parts.netloc}{path}"
         direct = cls(base_url, http_session, credentials, region, client.meta.config)
-        direct.plain = _plain_http_for(parts, client.meta.config)
+        direct.plain = _plain_http_for(parts, client.meta.config, http_session)
         return direct
 
     def close(self) -> None:
@@ -216,31 +219,59 @@ class DirectS3:
         return str(etag)
 
 
-def _plain_http_for(url: Any, config: Any) -> PlainHttp | None:
+def _plain_http_for(url: Any, config: Any, http_session: Any) -> PlainHttp | None:
     """A `PlainHttp` for the endpoint of the split URL `url`, or None where botocore's session
-    must send the requests: TLS, a proxy (configured or from the environment), an odd URL."""
+    must send the requests: a proxy (configured or from the environment), a client
+    certificate, certificate checks turned off, an odd URL."""
     try:
-        port = url.port or 80
+        port = url.port or {"http": 80, "https": 443}.get(url.scheme)
     except ValueError:
         return None
     host = url.hostname
-    if url.scheme != "http" or not host:
+    if port is None or not host:
         return None
-    if getattr(config, "proxies", None):
+    if getattr(config, "proxies", None) or getattr(config, "client_cert", None):
         return None
     try:
         proxies = urllib.request.getproxies()
-        if (proxies.get("http") or proxies.get("all")) and not urllib.request.proxy_bypass(host):
+        proxy = proxies.get(url.scheme) or proxies.get("all")
+        if proxy and not urllib.request.proxy_bypass(host):
             return None
     except (OSError, TypeError, ValueError):  # proxy_bypass may resolve names (macOS)
         return None
+    tls = None
+    if url.scheme == "https":
+        tls = _tls_context(http_session)
+        if tls is None:
+            return None
     return PlainHttp(
         host,
         port,
         connect_timeout=getattr(config, "connect_timeout", None),
         read_timeout=getattr(config, "read_timeout", None),
         max_idle=int(getattr(config, "max_pool_connections", None) or 10),
+        tls=tls,
     )
+
+
+def _tls_context(http_session: Any) -> ssl.SSLContext | None:
+    """A context that checks the server as botocore's session would: against the same CA
+    bundle (AWS_CA_BUNDLE / `verify`, else botocore's default), host name included; None
+    when that session does not check certificates or uses a client certificate."""
+    verify = getattr(http_session, "_verify", None)
+    if verify is False or verify is None or getattr(http_session, "_cert_file", None):
+        return None
+    try:
+        path = str(botocore.httpsession.get_cert_path(verify))
+        is_dir = os.path.isdir(path)
+        context = ssl.create_default_context(
+            cafile=None if is_dir else path, capath=path if is_dir else None
+        )
+    except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
+        log.debug("no TLS context for direct GETs (%s): botocore sends them", exc)
+        return None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def _element(text: str, tag: str) -> str:
