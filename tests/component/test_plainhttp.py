@@ -291,3 +291,28 @@ def test_over_tls_a_stall_times_out_and_a_stranger_is_refused(
     clients.append(stranger)
     with pytest.raises(botocore.exceptions.SSLError):
         stranger.get("/b/k", [("Host", "x")])
+
+
+def test_over_tls_a_dropped_handshake_is_retryable(
+    serve: Serve, clients: list[PlainHttp], tls_server: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """A load balancer that drops a connection during the handshake: a retryable
+    ConnectionClosedError (mapped to Transient), not the permanent TLS error of a bad
+    certificate."""
+
+    def drop(conn: socket.socket) -> socket.socket:
+        conn.shutdown(socket.SHUT_RDWR)
+        raise OSError("dropped")
+
+    server = serve(lambda conn, _: None, drop)
+    client = PlainHttp(
+        "127.0.0.1",
+        server.port,
+        connect_timeout=2,
+        read_timeout=2,
+        max_idle=2,
+        tls=tls_server[1],
+    )
+    clients.append(client)
+    with pytest.raises(botocore.exceptions.ConnectionClosedError):
+        client.get("/b/k", [("Host", "x")])

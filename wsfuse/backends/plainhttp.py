@@ -52,10 +52,12 @@ class PlainHttp:
         read_timeout: float | None,
         max_idle: int,
         tls: ssl.SSLContext | None = None,
+        keepalive: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.tls = tls
+        self._keepalive = keepalive
         name = f"[{host}]" if ":" in host else host.lower()
         default_port = 443 if tls is not None else 80
         #: The Host header, as botocore would sign it for this endpoint (no default port).
@@ -121,6 +123,8 @@ class PlainHttp:
             raise botocore.exceptions.EndpointConnectionError(endpoint_url=self.url) from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if self.tls is None:
                 sock.settimeout(None)  # blocking: MSG_WAITALL fills a whole block
                 if self._read_timeout:
@@ -129,13 +133,15 @@ class PlainHttp:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
                 return _Link(sock)
             try:  # the handshake within the connect timeout, then the read timeout
-                wrapped = self.tls.wrap_socket(sock, server_hostname=self.host)
-            except ssl.SSLError as exc:
+                wrapped = self.tls.wrap_socket(sock, server_hostname=self.host.split("%")[0])
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:  # dropped: retryable
+                raise botocore.exceptions.ConnectionClosedError(endpoint_url=self.url) from exc
+            except ssl.SSLError as exc:  # the certificate, the protocol: not retryable
                 raise botocore.exceptions.SSLError(endpoint_url=self.url, error=exc) from exc
             except TimeoutError as exc:
                 raise botocore.exceptions.ConnectTimeoutError(endpoint_url=self.url) from exc
             sock = wrapped
-            sock.settimeout(self._read_timeout)
+            sock.settimeout(self._read_timeout or None)  # 0 means none, as for plain TCP
             return _Link(sock)
         except BaseException:
             sock.close()
@@ -267,9 +273,11 @@ class _Link:
         """Something (data or EOF) arrived while idle."""
         if self._rest or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return True
+        poller = select.poll()  # not select(): descriptors above 1024 are common here
+        poller.register(self.sock, select.POLLIN)
         try:
-            return bool(select.select([self.sock], [], [], 0)[0])
-        except (OSError, ValueError):
+            return bool(poller.poll(0))
+        except OSError:
             return True
 
     def read_head(self) -> bytes:
@@ -326,17 +334,16 @@ class _Link:
                     break
                 data += more
             return data
-        buffer = bytearray(n)
         head, self._rest = self._rest[:n], self._rest[n:]
-        buffer[: len(head)] = head
+        pieces = [head]
         got = len(head)
-        with memoryview(buffer) as view:
-            while got < n:
-                k = self.sock.recv_into(view[got:], n - got)
-                if not k:
-                    break
-                got += k
-        return bytes(buffer) if got == n else bytes(buffer[:got])
+        while got < n:
+            piece = self.sock.recv(n - got)  # one TLS record (16 KiB) at most
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _exactly(self, n: int) -> bytes:
         data = self.recv_exactly(n)
@@ -351,7 +358,7 @@ class _Stale(Exception):
 
 #: What an expired read timeout raises: `SO_RCVTIMEO` on a blocking socket (EAGAIN), or the
 #: timeout of a TLS socket.
-_TIMEOUTS = (BlockingIOError, TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_TIMEOUTS = (BlockingIOError, TimeoutError)
 
 
 def _is_interim(head: bytes) -> bool:
