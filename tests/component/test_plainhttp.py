@@ -33,9 +33,15 @@ def clients() -> Iterator[list[PlainHttp]]:
         client.close()
 
 
-def client_of(server: ScriptedServer, clients: list[PlainHttp], timeout: float = 5) -> PlainHttp:
+def client_of(
+    server: ScriptedServer,
+    clients: list[PlainHttp],
+    timeout: float = 5,
+    tls: ssl.SSLContext | None = None,
+) -> PlainHttp:
+    """A client of `server` (closed after the test); `timeout` is the read timeout."""
     client = PlainHttp(
-        "127.0.0.1", server.port, connect_timeout=timeout, read_timeout=timeout, max_idle=4
+        "127.0.0.1", server.port, connect_timeout=5, read_timeout=timeout, max_idle=4, tls=tls
     )
     clients.append(client)
     return client
@@ -93,11 +99,21 @@ def test_a_connection_closed_while_idle_is_replaced_transparently(
     assert server.connections == 2
 
 
-def test_an_interim_answer_is_skipped(serve: Serve, clients: list[PlainHttp]) -> None:
-    server = serve(lambda conn, _: conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final")))
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        (b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final"), (200, b"final")),  # 1xx skipped
+        (b"HTTP/1.1 204 No Content\r\n\r\n", (204, b"")),  # no body, no length: none read
+    ],
+    ids=["interim_answer", "no_content"],
+)
+def test_unusual_answers_keep_the_connection_in_step(
+    serve: Serve, clients: list[PlainHttp], answer: bytes, expected: tuple[int, bytes]
+) -> None:
+    server = serve(lambda conn, _: conn.sendall(answer))
     client = client_of(server, clients)
-    assert fetch(client) == (200, b"final")
-    assert fetch(client) == (200, b"final")
+    assert fetch(client) == expected
+    assert fetch(client) == expected
     assert server.connections == 1
 
 
@@ -156,14 +172,6 @@ def test_head_and_body_in_pieces(serve: Serve, clients: list[PlainHttp]) -> None
     assert response.headers["x-long"] == "v" * 5000
     assert [len(response.read(100_000)) for _ in range(3)] == [100_000, 100_000, 56_000]
     response.release()
-
-
-def test_no_content_answers_have_no_body(serve: Serve, clients: list[PlainHttp]) -> None:
-    server = serve(lambda conn, _: conn.sendall(b"HTTP/1.1 204 No Content\r\n\r\n"))
-    client = client_of(server, clients)
-    assert fetch(client) == (204, b"")
-    assert fetch(client) == (204, b"")
-    assert server.connections == 1
 
 
 def test_a_short_body_and_a_stall_fail_as_retryable_errors(
@@ -244,10 +252,7 @@ def test_over_tls_bodies_framings_and_reuse(
             conn.sendall(ok(big, b"X-N: %d" % n))
 
     server = serve(script, lambda conn: server_context.wrap_socket(conn, server_side=True))
-    client = PlainHttp(
-        "127.0.0.1", server.port, connect_timeout=5, read_timeout=5, max_idle=2, tls=client_context
-    )
-    clients.append(client)
+    client = client_of(server, clients, tls=client_context)
     assert client.host_header == f"127.0.0.1:{server.port}"
     response = client.get("/b/k", [("Host", "x")])
     assert response.headers["x-n"] == "1"
@@ -268,27 +273,12 @@ def test_over_tls_a_stall_times_out_and_a_stranger_is_refused(
         conn.recv(1)
 
     server = serve(stall, lambda conn: server_context.wrap_socket(conn, server_side=True))
-    client = PlainHttp(
-        "127.0.0.1",
-        server.port,
-        connect_timeout=2,
-        read_timeout=0.3,
-        max_idle=2,
-        tls=client_context,
-    )
-    clients.append(client)
+    client = client_of(server, clients, timeout=0.3, tls=client_context)
     response = client.get("/b/k", [("Host", "x")])
     with pytest.raises(botocore.exceptions.ReadTimeoutError):
         response.read(100)
-    stranger = PlainHttp(
-        "127.0.0.1",
-        server.port,
-        connect_timeout=2,
-        read_timeout=2,
-        max_idle=2,
-        tls=ssl.create_default_context(),  # does not trust the self-signed certificate
-    )
-    clients.append(stranger)
+    # a client that does not trust the self-signed certificate
+    stranger = client_of(server, clients, tls=ssl.create_default_context())
     with pytest.raises(botocore.exceptions.SSLError):
         stranger.get("/b/k", [("Host", "x")])
 
@@ -305,14 +295,6 @@ def test_over_tls_a_dropped_handshake_is_retryable(
         raise OSError("dropped")
 
     server = serve(lambda conn, _: None, drop)
-    client = PlainHttp(
-        "127.0.0.1",
-        server.port,
-        connect_timeout=2,
-        read_timeout=2,
-        max_idle=2,
-        tls=tls_server[1],
-    )
-    clients.append(client)
+    client = client_of(server, clients, tls=tls_server[1])
     with pytest.raises(botocore.exceptions.ConnectionClosedError):
         client.get("/b/k", [("Host", "x")])
