@@ -50,7 +50,7 @@ _PROBE_KEY = "wsfuse-probe-key"
 
 class DirectS3:
     """Signed ranged GETs and part uploads of one bucket, sent on the boto3 client's own
-    HTTP session."""
+    HTTP session (GETs on `plain` where it applies)."""
 
     def __init__(
         self,
@@ -65,7 +65,8 @@ class DirectS3:
         self._credentials = credentials
         self._region = region
         self._config = config  # the client's Config: its S3 payload-signing choice
-        #: GETs on our own keep-alive sockets (plain-HTTP endpoints without a proxy), else None
+        #: GETs on our own keep-alive connections (endpoints without a proxy or client
+        #: certificate; TLS checked as botocore checks it), else None: botocore's session
         self.plain: PlainHttp | None = None
 
     def _sign(self, request: AWSRequest) -> None:
