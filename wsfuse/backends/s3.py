@@ -88,6 +88,11 @@ _CONTENT_HEADERS = (
 )
 
 
+def _content_headers(head: Mapping[str, Any]) -> dict[str, Any]:
+    """The `_CONTENT_HEADERS` a HeadObject answer carries, as copy arguments."""
+    return {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
+
+
 def _object_info(key: str, resp: Mapping[str, Any]) -> ObjectInfo:
     return ObjectInfo(
         key=key,
@@ -693,7 +698,7 @@ class S3Backend(Backend):
         if metadata is not None:
             kwargs["Metadata"] = new_meta
             # REPLACE replaces the content headers too: keep the source's, as COPY does.
-            kwargs.update({name: head[name] for name in _CONTENT_HEADERS if head.get(name)})
+            kwargs.update(_content_headers(head))
         try:
             with self._mapped("copy", src):
                 resp = self._client.copy_object(**kwargs)
@@ -743,7 +748,7 @@ class S3Backend(Backend):
                 )
             return PartInfo(number=number, etag=_strip(resp["CopyPartResult"]["ETag"]), size=length)
 
-        carried = {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
+        carried = _content_headers(head)
         tagging = self._tagging_of(src)
         if tagging:
             carried["Tagging"] = tagging
