@@ -289,6 +289,20 @@ def _fast_complete(models: Any, original_complete: Any) -> Any:
     return complete
 
 
+def _read_range(obj: Any, start: int, end: int) -> bytes:
+    """Bytes `[start, end)` of the moto key `obj`, copying only those: from the parts of a
+    completed multipart upload without a lock, else under the key's lock (its buffer has
+    one position, shared by every reader)."""
+    buffer = obj._value_buffer
+    memory = getattr(buffer, "_file", None)
+    if isinstance(memory, _ChunkedIO):
+        return memory.pread(start, end)
+    with obj.lock:
+        buffer.seek(start)
+        data: bytes = buffer.read(end - start)
+    return data
+
+
 def _ranged_part_copy(original: Any) -> Any:
     """moto's UploadPartCopy reading only the source range: moto reads the whole source object
     for every part (a 1 GiB source copied in 16 parts was 16 GiB of copying, ~1 s a part), where
@@ -306,22 +320,7 @@ def _ranged_part_copy(original: Any) -> Any:
         end_byte: int | None,
     ) -> Any:
         source = self.get_object(src_bucket_name, src_key_name, version_id=src_version_id)
-        data = None
-        buffer = getattr(source, "_value_buffer", None)
-        if (
-            start_byte is not None
-            and end_byte is not None
-            and buffer is not None
-            and not buffer._rolled
-        ):
-            memory = buffer._file
-            if isinstance(memory, _ChunkedIO):
-                data = memory.pread(start_byte, end_byte + 1)
-            elif isinstance(memory, io.BytesIO):
-                with source.lock:
-                    buffer.seek(start_byte)
-                    data = buffer.read(end_byte + 1 - start_byte)
-        if data is None:
+        if start_byte is None or end_byte is None:
             return original(
                 self,
                 dest_bucket_name,
@@ -334,7 +333,7 @@ def _ranged_part_copy(original: Any) -> Any:
                 end_byte,
             )
         multipart = self.get_bucket(dest_bucket_name).multiparts[multipart_id]
-        return multipart.set_part(part_id, data)
+        return multipart.set_part(part_id, _read_range(source, start_byte, end_byte + 1))
 
     return upload_part_copy
 
@@ -941,14 +940,7 @@ class S3TestServer(EmulatesLatency):
             )
             return 416, [("Content-Range", f"bytes */{size}")], body
         last = min(last, size - 1)
-        buffer = obj._value_buffer
-        memory = getattr(buffer, "_file", None)
-        if isinstance(memory, _ChunkedIO):
-            data = memory.pread(first, last + 1)
-        else:
-            with obj.lock:
-                buffer.seek(first)
-                data = buffer.read(last - first + 1)
+        data = _read_range(obj, first, last + 1)
         headers = [
             ("Content-Range", f"bytes {first}-{last}/{size}"),
             ("Accept-Ranges", "bytes"),
