@@ -9,7 +9,10 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY wsfuse ./wsfuse
-RUN pip install --no-cache-dir . \
+COPY packaging/pyfuse3 ./packaging/pyfuse3
+# pyfuse3 with the GIL released around read replies (packaging/pyfuse3/build.py says why)
+RUN python packaging/pyfuse3/build.py \
+ && pip install --no-cache-dir . \
  && apt-get purge -y gcc pkg-config libfuse3-dev && apt-get autoremove -y \
  && apt-get install -y --no-install-recommends libfuse3-3 && rm -rf /var/lib/apt/lists/*
 COPY packaging/mount.fuse.wsfuse /sbin/mount.fuse.wsfuse

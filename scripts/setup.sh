@@ -26,8 +26,11 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 stamp=.venv/.wsfuse-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ packaging/pyfuse3/build.py -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
+    # pyfuse3 from its sdist with the GIL released around read replies (the script says why);
+    # the package's own install then finds it in place.
+    .venv/bin/python packaging/pyfuse3/build.py
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
 fi

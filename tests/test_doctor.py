@@ -17,6 +17,8 @@ def test_doctor_all_well_with_write_test(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all checks passed" in result.stdout
+    # scripts/setup.sh builds pyfuse3 with wsfuse's edits (packaging/pyfuse3/build.py)
+    assert "pyfuse3 is installed, with wsfuse's edits" in result.stdout
     assert "is writable (wrote, read back and deleted" in result.stdout
     assert "PROBLEM" not in result.stdout
     # the test object is gone again (".wsfuse" is the local bucket's work area)

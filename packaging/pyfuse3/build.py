@@ -1,0 +1,134 @@
+"""Build and install pyfuse3 with the GIL released while a read reply is copied into the kernel.
+
+pyfuse3 3.5.0 calls `fuse_reply_buf` for every read holding the GIL, and reads the next request
+from /dev/fuse (`fuse_session_receive_buf`) holding it too. Each 1 MiB reply is a kernel copy
+into the page cache of ~0.1-0.3 ms during which none of wsfuse's worker threads (receiving GET
+bodies, checksumming and writing cache blocks) can run Python, and each of them delays the next
+reply when it holds the GIL. Releasing it around those two calls made a cold 1 GiB read 7-10%
+faster on the 2-core test machine (docs/performance.md, session 8). The edits are safe: the
+reply's buffer stays exported (`Py_buffer`) until the call returns, the request pointer is copied
+to a C local first, and libfuse's reply functions are thread-safe (libfuse's own loops call them
+from many threads).
+
+Upstream pyfuse3 does not do this yet; this script applies the edits to the pinned sdist,
+checking that each one matches exactly once, so a different pyfuse3 fails loudly instead of
+being patched wrongly. The module then carries `WSFUSE_PATCH` (the edits' version), which
+`wsfuse doctor` reports.
+
+    .venv/bin/python packaging/pyfuse3/build.py   # run by scripts/setup.sh
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+VERSION = "3.5.0"
+PATCH_LEVEL = 1
+
+#: (file under src/pyfuse3, original text, replacement): each original must occur exactly once.
+EDITS: list[tuple[str, str, str]] = [
+    (
+        "handlers.pxi",
+        """async def fuse_read_async (_Container c):
+    cdef int ret
+    cdef Py_buffer pybuf
+
+    try:
+        buf = await operations.read(c.fh, c.off, c.size)
+    except FUSEError as e:
+        ret = fuse_reply_err(c.req, e.errno)
+    else:
+        PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
+        ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)
+        PyBuffer_Release(&pybuf)
+""",
+        """async def fuse_read_async (_Container c):
+    cdef int ret
+    cdef Py_buffer pybuf
+    cdef fuse_req_t req = c.req
+
+    try:
+        buf = await operations.read(c.fh, c.off, c.size)
+    except FUSEError as e:
+        ret = fuse_reply_err(c.req, e.errno)
+    else:
+        PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
+        # wsfuse: the kernel copies the reply without the GIL (packaging/pyfuse3/build.py)
+        with nogil:
+            ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
+        PyBuffer_Release(&pybuf)
+""",
+    ),
+    (
+        "internal.pxi",
+        "        res = fuse_session_receive_buf(session, &buf)\n",
+        "        # wsfuse: read the request (a write's data too) without the GIL\n"
+        "        with nogil:\n"
+        "            res = fuse_session_receive_buf(session, &buf)\n",
+    ),
+    (
+        "__init__.pyx",
+        '\nlog = logging.getLogger("pyfuse3")\n',
+        '\nlog = logging.getLogger("pyfuse3")\n\n'
+        f"# wsfuse's edits (packaging/pyfuse3/build.py), version {PATCH_LEVEL}\n"
+        f"WSFUSE_PATCH = {PATCH_LEVEL}\n",
+    ),
+]
+
+
+def apply_edits(source: Path) -> None:
+    """Apply `EDITS` to the unpacked sdist at `source`."""
+    for name, old, new in EDITS:
+        path = source / "src" / "pyfuse3" / name
+        text = path.read_text()
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(
+                f"pyfuse3 {VERSION}: {path.name} has the text to patch {count} times, expected 1;"
+                " is this the pinned pyfuse3?"
+            )
+        path.write_text(text.replace(old, new))
+
+
+def _extract(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack regular files and directories only, all inside `dest` (Debian 12's Python 3.11.2
+    predates tarfile's extraction filters)."""
+    root = dest.resolve()
+    for member in tar.getmembers():
+        target = (dest / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+            raise SystemExit(f"pyfuse3 sdist: unexpected member {member.name!r}")
+    tar.extractall(dest)  # noqa: S202 (members checked above)
+
+
+def main() -> None:
+    pip = [sys.executable, "-m", "pip"]
+    # Outside any git checkout: pyfuse3's build takes its version from git when it finds one.
+    with tempfile.TemporaryDirectory(prefix="wsfuse-pyfuse3-") as tmp:
+        work = Path(tmp)
+        subprocess.run(
+            [*pip, "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+             f"pyfuse3=={VERSION}"],
+            check=True,
+        )  # fmt: skip
+        (sdist,) = work.glob(f"pyfuse3-{VERSION}.tar.gz")
+        with tarfile.open(sdist) as tar:
+            _extract(tar, work)
+        source = work / f"pyfuse3-{VERSION}"
+        apply_edits(source)
+        env = dict(os.environ, SETUPTOOLS_SCM_PRETEND_VERSION_FOR_PYFUSE3=VERSION)
+        subprocess.run(
+            [*pip, "install", "-q", "--force-reinstall", "--no-deps", str(source)],
+            check=True,
+            env=env,
+        )
+    print(f"wsfuse setup: pyfuse3 {VERSION} built with wsfuse's edits (version {PATCH_LEVEL})")
+
+
+if __name__ == "__main__":
+    main()
