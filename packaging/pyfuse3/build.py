@@ -1,19 +1,23 @@
 """Build and install pyfuse3 with the GIL released while a read reply is copied into the kernel.
 
-pyfuse3 3.5.0 calls `fuse_reply_buf` for every read holding the GIL, and reads the next request
-from /dev/fuse (`fuse_session_receive_buf`) holding it too. Each 1 MiB reply is a kernel copy
-into the page cache of ~0.1-0.3 ms during which none of wsfuse's worker threads (receiving GET
-bodies, checksumming and writing cache blocks) can run Python, and each of them delays the next
-reply when it holds the GIL. Releasing it around those two calls made a cold 1 GiB read 7-10%
-faster on the 2-core test machine (docs/performance.md, session 8). The edits are safe: the
-reply's buffer stays exported (`Py_buffer`) until the call returns, the request pointer is copied
-to a C local first, and libfuse's reply functions are thread-safe (libfuse's own loops call them
-from many threads).
+pyfuse3 3.5.0 calls `fuse_reply_buf` for every read holding the GIL. Each 1 MiB reply is a
+kernel copy into the page cache of ~0.1-0.3 ms during which none of wsfuse's worker threads
+(receiving GET bodies, checksumming and writing cache blocks) can run Python, and each of them
+delays the next reply when it holds the GIL. Releasing it around that call made a cold 1 GiB
+read 7-10% faster on the 2-core test machine (docs/performance.md, session 8). The edit is
+safe: the reply's buffer stays exported (`Py_buffer`) until the call returns, the request
+pointer is copied to a C local first, and libfuse's reply functions are thread-safe (libfuse's
+own loops call them from many threads).
 
-Upstream pyfuse3 does not do this yet; this script applies the edits to the pinned sdist,
-checking that each one matches exactly once, so a different pyfuse3 fails loudly instead of
-being patched wrongly. The module then carries `WSFUSE_PATCH` (the edits' version), which
-`wsfuse doctor` reports.
+Not released: reading the next request from /dev/fuse (`fuse_session_receive_buf`). For a
+write that read is a 1 MiB copy too, but releasing the GIL there let worker threads take it
+and the trio thread then waited to get it back: 1 GiB writes ran at ~245 instead of ~280 MB/s
+(version 1 of these edits did it; measured in alternating runs).
+
+Upstream pyfuse3 does not do this yet; this script applies the edit to the pinned sdist,
+checking that each original text matches exactly once, so a different pyfuse3 fails loudly
+instead of being patched wrongly. The module then carries `WSFUSE_PATCH` (the edits' version),
+which `wsfuse doctor` reports.
 
     .venv/bin/python packaging/pyfuse3/build.py   # run by scripts/setup.sh
 """
@@ -28,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 VERSION = "3.5.0"
-PATCH_LEVEL = 1
+PATCH_LEVEL = 2
 
 #: (file under src/pyfuse3, original text, replacement): each original must occur exactly once.
 EDITS: list[tuple[str, str, str]] = [
@@ -63,13 +67,6 @@ EDITS: list[tuple[str, str, str]] = [
             ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
         PyBuffer_Release(&pybuf)
 """,
-    ),
-    (
-        "internal.pxi",
-        "        res = fuse_session_receive_buf(session, &buf)\n",
-        "        # wsfuse: read the request (a write's data too) without the GIL\n"
-        "        with nogil:\n"
-        "            res = fuse_session_receive_buf(session, &buf)\n",
     ),
     (
         "__init__.pyx",
