@@ -60,6 +60,9 @@ ATIME_FLUSH_INTERVAL: Final = 30.0
 #: guard): the condition usually lasts, and one line per 1 MiB read would flood the log.
 SKIP_WARNING_INTERVAL: Final = 60.0
 
+#: Reads of a block file that vanish under a concurrent eviction before `get` calls it a miss.
+GET_ATTEMPTS: Final = 4
+
 #: The free-space guard measures the disk (`statvfs`) at most once per this many seconds
 #: while it is more than `FREE_SAMPLE_MARGIN` above the guard, counting every byte written
 #: since as used: a cold read stores a block per MiB, and each `statvfs` was one more system
@@ -154,6 +157,9 @@ class BlockCache:
         self._dirty_atimes: dict[bytes, float] = {}
         self._atimes_dirty_since = math.inf  # monotonic time of the oldest unflushed access
         self._hits = self._misses = self._corrupt = self._evictions = 0
+        # Blocks taken out of _entries so far: a `get` whose file vanished tells an eviction
+        # or invalidation in between (a miss) from a file removed behind the cache's back.
+        self._removals = 0
         self._bytes_written = self._skipped = 0
         self._last_skip_warning = -math.inf
         self._skips_unreported = 0
@@ -206,16 +212,23 @@ class BlockCache:
         length, CRC32C) or cannot be read is logged, dropped, and reported as a miss."""
         bid = block_id(bkey)
         path = self._path(bid)
-        for _attempt in range(2):
+        for _attempt in range(GET_ATTEMPTS):
             with self._lock:
                 if self._closed or bid not in self._entries:
                     self._misses += 1
                     return None
+                removals = self._removals
             try:
                 result = read_block_file(path, bkey, self._block_size)
             except FileNotFoundError:
-                # Evicted (and perhaps re-put) between the check and the open: look again.
-                continue
+                with self._lock:
+                    if self._removals != removals:
+                        # Evicted or invalidated (and perhaps put again) between the check
+                        # and the open: look again.
+                        continue
+                # Nothing was removed meanwhile: the file went behind the cache's back.
+                self._drop_corrupt(bid, bkey, path, "its file is missing")
+                return None
             except OSError as exc:
                 result = f"cannot read it: {exc}"
             if isinstance(result, str):
@@ -231,8 +244,9 @@ class BlockCache:
             if flush:
                 self._flush_atimes()
             return result
-        # The id was cached both times we looked, but its file is gone: removed behind our back.
-        self._drop_corrupt(bid, bkey, path, "its file is missing")
+        # Removed under our feet every time we looked (a cache far smaller than its traffic).
+        with self._lock:
+            self._misses += 1
         return None
 
     def get_slice(self, bkey: BlockKey, offset: int, length: int) -> bytes | None:
@@ -459,6 +473,7 @@ class BlockCache:
     def _pop_locked(self, bid: bytes, *, evicted: bool) -> tuple[bytes, int]:
         """Move `bid` from `_entries` to `_unlinking`; the caller then calls `_remove`."""
         size = self._entries.pop(bid)
+        self._removals += 1
         self._cached_bytes -= size
         self._unlinking[bid] = size
         self._unlinking_bytes += size
