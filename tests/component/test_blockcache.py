@@ -328,6 +328,38 @@ def test_a_file_lost_to_evictions_racing_the_read_is_not_called_corrupt(
     assert_consistent(cache)
 
 
+def test_a_read_that_races_evictions_every_time_is_a_quiet_miss_that_can_be_cached_again(
+    open_cache: Callable[..., BlockCache],
+    cache_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every look sees some other block removed and finds this block's file gone (it really
+    is): a miss without a warning, and the block leaves the index, so the refetched data can
+    be cached again instead of being refetched forever."""
+    cache = open_cache()
+    other = BlockKey(KEY.key + "-other", KEY.etag, 0)
+    data = block_data(KEY)
+    cache.put(KEY, data)
+    block_path(cache_dir, KEY).unlink()
+    real_read = blockcache.read_block_file
+
+    def read_while_others_are_evicted(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
+        cache.put(other, block_data(other))
+        cache.invalidate_object(other.key)  # some other block's eviction, every time
+        return real_read(path, bkey, block_size)
+
+    monkeypatch.setattr(blockcache, "read_block_file", read_while_others_are_evicted)
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(KEY) is None
+    assert warnings_of(caplog) == []
+    assert not cache.contains(KEY)
+    monkeypatch.setattr(blockcache, "read_block_file", real_read)
+    cache.put(KEY, data)
+    assert cache.get(KEY) == data
+    assert_consistent(cache)
+
+
 # ---------------------------------------------------------------------------- eviction
 
 

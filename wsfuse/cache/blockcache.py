@@ -244,9 +244,14 @@ class BlockCache:
             if flush:
                 self._flush_atimes()
             return result
-        # Removed under our feet every time we looked (a cache far smaller than its traffic).
+        # Something was removed every time we looked (a small cache evicts on nearly every
+        # put): a miss, without a warning. The entry goes too: if its file is in fact gone, a
+        # later put must store the block again (put leaves a cached block alone).
         with self._lock:
             self._misses += 1
+            victim = self._pop_locked(bid, evicted=False) if bid in self._entries else None
+        if victim is not None:
+            self._remove([victim])
         return None
 
     def get_slice(self, bkey: BlockKey, offset: int, length: int) -> bytes | None:
