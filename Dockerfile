@@ -7,12 +7,14 @@ RUN apt-get update \
         fuse3 libfuse3-dev pkg-config gcc \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1
+# pyfuse3 with the GIL released around read replies (packaging/pyfuse3/build.py says why),
+# in its own layer: a change to wsfuse does not rebuild it
+COPY packaging/pyfuse3 ./packaging/pyfuse3
+RUN pip install --upgrade pip && python packaging/pyfuse3/build.py
 COPY pyproject.toml README.md ./
 COPY wsfuse ./wsfuse
-COPY packaging/pyfuse3 ./packaging/pyfuse3
-# pyfuse3 with the GIL released around read replies (packaging/pyfuse3/build.py says why)
-RUN python packaging/pyfuse3/build.py \
- && pip install --no-cache-dir . \
+RUN pip install . \
  && apt-get purge -y gcc pkg-config libfuse3-dev && apt-get autoremove -y \
  && apt-get install -y --no-install-recommends libfuse3-3 && rm -rf /var/lib/apt/lists/*
 COPY packaging/mount.fuse.wsfuse /sbin/mount.fuse.wsfuse

@@ -8,6 +8,8 @@ from types import ModuleType
 
 import pytest
 
+from wsfuse import doctor
+
 BUILD = Path(__file__).resolve().parents[1] / "packaging" / "pyfuse3" / "build.py"
 
 
@@ -37,9 +39,10 @@ def test_edits_replace_each_original_once(tmp_path: Path) -> None:
         text = (source / "src" / "pyfuse3" / name).read_text()
         assert text == "# head\n" + new
     handlers = (source / "src" / "pyfuse3" / "handlers.pxi").read_text()
-    assert "with nogil:\n            ret = fuse_reply_buf(req," in handlers
+    assert "with nogil:\n                ret = fuse_reply_buf(req," in handlers
     init = (source / "src" / "pyfuse3" / "__init__.pyx").read_text()
     assert f"WSFUSE_PATCH = {build.PATCH_LEVEL}" in init
+    assert f"RELEASE_GIL_FROM = {build.RELEASE_GIL_FROM}" in init
 
 
 def test_unexpected_source_fails_without_patching(tmp_path: Path) -> None:
@@ -51,8 +54,10 @@ def test_unexpected_source_fails_without_patching(tmp_path: Path) -> None:
         build.apply_edits(source)
 
 
-def test_installed_pyfuse3_carries_the_edits() -> None:
+def test_installed_pyfuse3_carries_the_current_edits() -> None:
+    """scripts/setup.sh (the README's commands) builds it; a stock pyfuse3 works but is slower."""
     import pyfuse3
 
     build = load_build()
+    assert doctor.PYFUSE3_PATCH_LEVEL == build.PATCH_LEVEL
     assert getattr(pyfuse3, "WSFUSE_PATCH", 0) == build.PATCH_LEVEL

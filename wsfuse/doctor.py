@@ -18,6 +18,9 @@ from wsfuse.backends import Backend
 from wsfuse.errors import BackendError, NotFound
 from wsfuse.units import format_size
 
+#: The version of packaging/pyfuse3/build.py's edits this wsfuse expects (its PATCH_LEVEL).
+PYFUSE3_PATCH_LEVEL = 3
+
 # Below this much free space the cache cannot hold even a few blocks plus write staging.
 MIN_CACHE_FREE = 1 << 30
 
@@ -59,15 +62,18 @@ def check_fuse(dev_fuse: Path = Path("/dev/fuse")) -> Iterator[Check]:
 
 
 def pyfuse3_build() -> Check:
-    """Whether pyfuse3 carries wsfuse's edits (packaging/pyfuse3/build.py). Without them a
-    mount works, and its cold reads are slower: the GIL is held while each reply is copied."""
+    """Whether pyfuse3 carries the current version of wsfuse's edits
+    (packaging/pyfuse3/build.py). Without them a mount works, and its cold reads are slower:
+    the GIL is held while each reply is copied."""
     pyfuse3 = importlib.import_module("pyfuse3")  # only once known to be installed
-    if getattr(pyfuse3, "WSFUSE_PATCH", 0):
+    level = getattr(pyfuse3, "WSFUSE_PATCH", 0)
+    if level == PYFUSE3_PATCH_LEVEL:
         return Check(True, "pyfuse3 is installed, with wsfuse's edits (replies without the GIL)")
+    which = f"an older version ({level}) of wsfuse's edits" if level else "without wsfuse's edits"
     return Check(
         True,
-        "pyfuse3 is installed without wsfuse's edits: reads work, cold reads are ~10% "
-        "slower; python packaging/pyfuse3/build.py builds it with them",
+        f"pyfuse3 is installed {which}: reads work, cold reads are slower; "
+        "python packaging/pyfuse3/build.py builds it with the current ones",
     )
 
 

@@ -4,7 +4,8 @@ pyfuse3 3.5.0 calls `fuse_reply_buf` for every read holding the GIL. Each 1 MiB 
 kernel copy into the page cache of ~0.1-0.3 ms during which none of wsfuse's worker threads
 (receiving GET bodies, checksumming and writing cache blocks) can run Python, and each of them
 delays the next reply when it holds the GIL. Releasing it around that call made a cold 1 GiB
-read 7-10% faster on the 2-core test machine (docs/performance.md, session 8). The edit is
+read 7-10% faster on the 2-core test machine (docs/performance.md, session 8); replies under
+`RELEASE_GIL_FROM` keep it. The edit is
 safe: the reply's buffer stays exported (`Py_buffer`) until the call returns, the request
 pointer is copied to a C local first, and libfuse's reply functions are thread-safe (libfuse's
 own loops call them from many threads).
@@ -32,7 +33,12 @@ import tempfile
 from pathlib import Path
 
 VERSION = "3.5.0"
-PATCH_LEVEL = 2
+PATCH_LEVEL = 3
+#: Replies at least this large give the GIL away while copied: a small one is copied in a few
+#: microseconds, less than taking the GIL back from a busy worker can cost.
+RELEASE_GIL_FROM = 64 * 1024
+#: The Cython that generated the sdist's own C; the edited .pyx is compiled with it again.
+CYTHON = "Cython==3.2.4"
 
 #: (file under src/pyfuse3, original text, replacement): each original must occur exactly once.
 EDITS: list[tuple[str, str, str]] = [
@@ -62,8 +68,11 @@ EDITS: list[tuple[str, str, str]] = [
         ret = fuse_reply_err(c.req, e.errno)
     else:
         PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
-        # wsfuse: the kernel copies the reply without the GIL (packaging/pyfuse3/build.py)
-        with nogil:
+        # wsfuse: the kernel copies a large reply without the GIL (packaging/pyfuse3/build.py)
+        if pybuf.len >= RELEASE_GIL_FROM:
+            with nogil:
+                ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
+        else:
             ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
         PyBuffer_Release(&pybuf)
 """,
@@ -73,7 +82,8 @@ EDITS: list[tuple[str, str, str]] = [
         '\nlog = logging.getLogger("pyfuse3")\n',
         '\nlog = logging.getLogger("pyfuse3")\n\n'
         f"# wsfuse's edits (packaging/pyfuse3/build.py), version {PATCH_LEVEL}\n"
-        f"WSFUSE_PATCH = {PATCH_LEVEL}\n",
+        f"WSFUSE_PATCH = {PATCH_LEVEL}\n"
+        f"cdef Py_ssize_t RELEASE_GIL_FROM = {RELEASE_GIL_FROM}\n",
     ),
 ]
 
@@ -104,12 +114,12 @@ def _extract(tar: tarfile.TarFile, dest: Path) -> None:
 
 
 def main() -> None:
-    pip = [sys.executable, "-m", "pip"]
+    pip = [sys.executable, "-m", "pip", "--no-cache-dir"]
     # Outside any git checkout: pyfuse3's build takes its version from git when it finds one.
     with tempfile.TemporaryDirectory(prefix="wsfuse-pyfuse3-") as tmp:
         work = Path(tmp)
         subprocess.run(
-            [*pip, "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", tmp,
+            [*pip, "download", "-q", "--no-deps", "--no-binary", "pyfuse3", "-d", tmp,
              f"pyfuse3=={VERSION}"],
             check=True,
         )  # fmt: skip
@@ -118,12 +128,16 @@ def main() -> None:
             _extract(tar, work)
         source = work / f"pyfuse3-{VERSION}"
         apply_edits(source)
+        constraints = work / "constraints.txt"
+        constraints.write_text(CYTHON + "\n")
         env = dict(os.environ, SETUPTOOLS_SCM_PRETEND_VERSION_FOR_PYFUSE3=VERSION)
+        # --build-constraint needs a recent pip: scripts/setup.sh and the Dockerfile upgrade it
         subprocess.run(
-            [*pip, "install", "-q", "--force-reinstall", "--no-deps", str(source)],
+            [*pip, "install", "-q", "--force-reinstall", "--no-deps",
+             "--build-constraint", str(constraints), str(source)],
             check=True,
             env=env,
-        )
+        )  # fmt: skip
     print(f"wsfuse setup: pyfuse3 {VERSION} built with wsfuse's edits (version {PATCH_LEVEL})")
 
 
