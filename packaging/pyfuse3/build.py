@@ -5,10 +5,9 @@ kernel copy into the page cache of ~0.1-0.3 ms during which none of wsfuse's wor
 (receiving GET bodies, checksumming and writing cache blocks) can run Python, and each of them
 delays the next reply when it holds the GIL. Releasing it around that call made a cold 1 GiB
 read 7-10% faster on the 2-core test machine (docs/performance.md, session 8); replies under
-`RELEASE_GIL_FROM` keep it. The edit is
-safe: the reply's buffer stays exported (`Py_buffer`) until the call returns, the request
-pointer is copied to a C local first, and libfuse's reply functions are thread-safe (libfuse's
-own loops call them from many threads).
+`RELEASE_GIL_FROM` keep it. The edit is safe: the reply's buffer stays exported (`Py_buffer`)
+until the call returns, the request pointer is copied to a C local first, and libfuse's reply
+functions are thread-safe (libfuse's own loops call them from many threads).
 
 Not released: reading the next request from /dev/fuse (`fuse_session_receive_buf`). For a
 write that read is a 1 MiB copy too, but releasing the GIL there let worker threads take it
