@@ -6,8 +6,9 @@ kernel copy into the page cache of ~0.1-0.3 ms during which none of wsfuse's wor
 delays the next reply when it holds the GIL. Releasing it around that call made a cold 1 GiB
 read 7-10% faster on the 2-core test machine (docs/performance.md, session 8); replies under
 `RELEASE_GIL_FROM` keep it. The edit is safe: the reply's buffer stays exported (`Py_buffer`)
-until the call returns, the request pointer is copied to a C local first, and libfuse's reply
-functions are thread-safe (libfuse's own loops call them from many threads).
+until the call returns, the request pointer is a C field of the handler's `_Container`, which
+the running coroutine holds, and libfuse's reply functions are thread-safe (libfuse's own loops
+call them from many threads).
 
 Not released: reading the next request from /dev/fuse (`fuse_session_receive_buf`). For a
 write that read is a 1 MiB copy too, but releasing the GIL there let worker threads take it
@@ -39,50 +40,25 @@ RELEASE_GIL_FROM = 64 * 1024
 #: The Cython that generated the sdist's own C; the edited .pyx is compiled with it again.
 CYTHON = "Cython==3.2.4"
 
+#: fuse_read_async's reply (handlers.pxi): the only fuse_reply_buf from a Py_buffer.
+_REPLY = "ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)\n"
+
 #: (file under src/pyfuse3, original text, replacement): each original must occur exactly once.
 EDITS: list[tuple[str, str, str]] = [
     (
         "handlers.pxi",
-        """async def fuse_read_async (_Container c):
-    cdef int ret
-    cdef Py_buffer pybuf
-
-    try:
-        buf = await operations.read(c.fh, c.off, c.size)
-    except FUSEError as e:
-        ret = fuse_reply_err(c.req, e.errno)
-    else:
-        PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
-        ret = fuse_reply_buf(c.req, <const_char*> pybuf.buf, <size_t> pybuf.len)
-        PyBuffer_Release(&pybuf)
-""",
-        """async def fuse_read_async (_Container c):
-    cdef int ret
-    cdef Py_buffer pybuf
-    cdef fuse_req_t req = c.req
-
-    try:
-        buf = await operations.read(c.fh, c.off, c.size)
-    except FUSEError as e:
-        ret = fuse_reply_err(c.req, e.errno)
-    else:
-        PyObject_GetBuffer(buf, &pybuf, PyBUF_CONTIG_RO)
-        # wsfuse: the kernel copies a large reply without the GIL (packaging/pyfuse3/build.py)
-        if pybuf.len >= RELEASE_GIL_FROM:
-            with nogil:
-                ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
-        else:
-            ret = fuse_reply_buf(req, <const_char*> pybuf.buf, <size_t> pybuf.len)
-        PyBuffer_Release(&pybuf)
-""",
+        f"        {_REPLY}",
+        "        # wsfuse: the kernel copies a large reply without the GIL (packaging/pyfuse3)\n"
+        f"        if pybuf.len >= {RELEASE_GIL_FROM}:\n"
+        f"            with nogil:\n                {_REPLY}"
+        f"        else:\n            {_REPLY}",
     ),
     (
         "__init__.pyx",
         '\nlog = logging.getLogger("pyfuse3")\n',
         '\nlog = logging.getLogger("pyfuse3")\n\n'
         f"# wsfuse's edits (packaging/pyfuse3/build.py), version {PATCH_LEVEL}\n"
-        f"WSFUSE_PATCH = {PATCH_LEVEL}\n"
-        f"cdef Py_ssize_t RELEASE_GIL_FROM = {RELEASE_GIL_FROM}\n",
+        f"WSFUSE_PATCH = {PATCH_LEVEL}\n",
     ),
 ]
 
