@@ -2,7 +2,7 @@
 # The whole check, as CI runs it: set-up, lint, format, types, then every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --with-test-tools
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff check";        ruff check .
 echo "== ruff format --check"; ruff format --check .

@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc)
+# `--with-test-tools` (scripts/check.sh): the tools the write-path tests drive through a mount,
+# so those tests run instead of skipping on a fresh machine.
+if [ "${1:-}" = "--with-test-tools" ]; then
+    apt_packages+=(rsync git tar)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
