@@ -178,8 +178,8 @@ def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
             cold.append((s.mbps, s))
             s = ctx.measure("local read warm", lambda: ops.sequential_read(big_path, BIG_KEY, size))
             warm.append((s.mbps, s))
-        ctx.add("ceiling", "local_read_cold", cold, "MB/s", latency=False)
-        ctx.add("ceiling", "local_read_warm", warm, "MB/s", latency=False)
+        ctx.add("ceiling", "local_read_cold", cold, "MB/s")
+        ctx.add("ceiling", "local_read_warm", warm, "MB/s")
 
     firsts_nokeep, firsts_keep, rereads = [], [], []
     list_cold, list_warm = [], []
@@ -235,11 +235,11 @@ def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
         finally:
             ctx.release(m)
     if big:
-        ctx.add("ceiling", "passthrough_first_nokeep", firsts_nokeep, "MB/s", latency=False)
-        ctx.add("ceiling", "passthrough_first_keep", firsts_keep, "MB/s", latency=False)
+        ctx.add("ceiling", "passthrough_first_nokeep", firsts_nokeep, "MB/s")
+        ctx.add("ceiling", "passthrough_first_keep", firsts_keep, "MB/s")
         # Until the second open keep_cache changes nothing: pool both first reads.
-        ctx.add("ceiling", "passthrough_first", firsts_nokeep + firsts_keep, "MB/s", latency=False)
-        ctx.add("ceiling", "passthrough_keep_reread", rereads, "MB/s", latency=False)
+        ctx.add("ceiling", "passthrough_first", firsts_nokeep + firsts_keep, "MB/s")
+        ctx.add("ceiling", "passthrough_keep_reread", rereads, "MB/s")
     if listing:
-        ctx.add("ceiling", "passthrough_list_cold", list_cold, "s", latency=False)
-        ctx.add("ceiling", "passthrough_list_warm", list_warm, "s", latency=False)
+        ctx.add("ceiling", "passthrough_list_cold", list_cold, "s")
+        ctx.add("ceiling", "passthrough_list_warm", list_warm, "s")

@@ -2,7 +2,8 @@
 mounts alive now (stopped on any exit), the time budget and the results list.
 
 A result is one dict: `fs` (wsfuse, s3fs, rclone, or a ceiling's name), `workload`,
-`latency_ms` (None for local ceilings), `value` in `unit`, `runs` (every repeat), and the
+`latency_ms` (the block's; the local ceilings go through no latency but are measured in every
+block; None in results before session 9), `value` in `unit`, `runs` (every repeat), and the
 median run's `sample` (seconds, bytes, ops, server requests/bytes by kind, CPU s, RSS).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import statistics
 import time
@@ -26,6 +28,17 @@ from bench.harness.mount import Mount, wsfuse_status
 from bench.harness.procs import drop_caches, wait_for_quiet
 from bench.harness.server import Server
 from bench.harness.watchdog import watchdog
+
+#: Scratch directories are kept until the end of the run while this much disk is free.
+DEFER_REMOVAL_FREE = 24 << 30
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 class OutOfTime(Exception):
@@ -91,6 +104,7 @@ class Ctx:
     peak_rss: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     options: dict[str, str] = field(default_factory=dict)
+    trash: list[Path] = field(default_factory=list)  # scratch directories removed at the end
     _counter: int = 0
 
     @property
@@ -127,9 +141,23 @@ class Ctx:
             except Exception as exc:
                 log(f"cleaning up {m.path}: {exc}")
 
-    @staticmethod
-    def remove(path: Path) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+    def remove(self, path: Path) -> None:
+        """Done with a scratch directory (a cache, a staging area): deleted at the end of the
+        run, not now, while the disk has room. On this machine's ext4 without a journal, a
+        new inode is never one deleted in the last 60-360 s: the allocator tests every such
+        inode of the group, one inode-table lookup each, before each file it creates. So the
+        1,024 block files a cold read leaves behind, deleted, made the next cold read's
+        cache writes cost 1.6 instead of 0.7 CPU-s/GiB (docs/performance.md, session 9): a
+        penalty of the harness's clean-up, not of the filesystem measured."""
+        if _free_bytes(path) >= DEFER_REMOVAL_FREE:
+            self.trash.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def empty_trash(self) -> None:
+        for path in self.trash:
+            shutil.rmtree(path, ignore_errors=True)
+        self.trash.clear()
 
     def measure(
         self,

@@ -47,6 +47,23 @@ def test_cold_read_is_measured_against_the_lower_ceiling_and_the_best_peer() -> 
     assert "s3fs" in peer["detail"]
 
 
+def test_each_latency_block_is_measured_against_the_local_ceilings_of_its_own_block() -> None:
+    """Since session 9 the passthrough is measured again in every latency block (rows tagged
+    with the block's latency): the 20 ms targets use the 20 ms block's passthrough."""
+    rows = [
+        row("ceiling", "boto3_ranged_best", 1400.0, lat=0.0),
+        row("ceiling", "boto3_ranged_best", 1400.0),
+        row("ceiling", "passthrough_first", 1000.0, lat=0.0),
+        row("ceiling", "passthrough_first", 800.0),
+        row("wsfuse", "seq_cold", 900.0, lat=0.0),
+        row("wsfuse", "seq_cold", 640.0),
+    ]
+    at = {lat: by_name(report.targets(rows, lat)) for lat in (0.0, 20.0)}
+    name = "cold seq read / min(boto3 ranged, passthrough)"
+    assert at[0.0][name]["value"] == 0.9  # 900 / 1000
+    assert at[20.0][name]["value"] == 0.8  # 640 / 800
+
+
 def test_times_are_lower_is_better_and_missing_numbers_make_no_row() -> None:
     rows = [
         row("ceiling", "boto3_list", 4.0),
