@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google_crc32c import value as crc32c
 
 from wsfuse import directio
 from wsfuse.cache import blockfile, schema
@@ -35,34 +36,78 @@ def block_file(cache: BlockCache, bkey: BlockKey) -> Path:
     return cache.directory / schema.block_relpath(block_id(bkey))
 
 
-def test_a_direct_block_has_page_aligned_data_and_reads_back(cache: BlockCache) -> None:
+def stored(path: Path, bkey: BlockKey) -> tuple[int, bytes]:
+    """(where the data starts, the whole file) of a block file."""
+    raw = path.read_bytes()
+    header = schema.check_block_header(raw, bkey)
+    assert not isinstance(header, str), header
+    return header.header_size + header.pad, raw
+
+
+def test_a_direct_block_lines_the_datas_pages_up_with_the_files_and_reads_back(
+    cache: BlockCache,
+) -> None:
     bkey = BlockKey("dir/file.bin", "etag1", 3)
-    cache.put(bkey, data_of(bkey), direct=True)
-    raw = block_file(cache, bkey).read_bytes()
+    data = data_of(bkey)
+    cache.put(bkey, data, direct=True)
+    start, raw = stored(block_file(cache, bkey), bkey)
     hsize = schema.header_size(bkey)
-    assert len(raw) == directio.ALIGN + BS  # header padded to one page
-    assert raw[hsize : directio.ALIGN] == bytes(directio.ALIGN - hsize)
-    assert raw[directio.ALIGN :] == data_of(bkey)
-    assert cache.get(bkey) == data_of(bkey)
+    lead = -blockfile.data_address(data) % directio.ALIGN
+    assert (start + lead) % directio.ALIGN == 0  # the data's first page boundary, in the file
+    assert raw[hsize:start] == bytes(start - hsize)
+    assert raw[start : start + BS] == data
+    assert len(raw) % directio.ALIGN == 0  # whole pages, the last one padded with zeros
+    assert raw[start + BS :] == bytes(len(raw) - start - BS)
+    assert len(raw) - (start + BS) < directio.ALIGN
+    assert cache.get(bkey) == data
     assert cache._files.direct_supported  # this test's filesystem took O_DIRECT
 
 
-@pytest.mark.parametrize("where", ["pad field", "padding", "data"])
+def test_a_direct_write_sends_the_datas_own_pages_and_copies_under_two_pages_of_them(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_pwritev = os.pwritev
+    calls: list[list[memoryview]] = []
+
+    def spy(fd: int, buffers: list[memoryview], offset: int) -> int:
+        calls.append(list(buffers))
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(blockfile.os, "pwritev", spy)
+    bkey = BlockKey("k", "e", 1)
+    data = data_of(bkey)
+    cache.put(bkey, data, direct=True)
+    [pieces] = calls
+    own = [p for p in pieces if p.obj is data]
+    assert len(own) == 1 and len(own[0]) > BS - 2 * directio.ALIGN
+    assert sum(len(p) for p in pieces if p.obj is not data) < 3 * directio.ALIGN
+    assert cache.get(bkey) == data
+
+
+@pytest.mark.parametrize("where", ["pad field", "padding", "trailing zeros", "data"])
 def test_a_flipped_byte_in_a_direct_block_is_a_miss(
     cache: BlockCache, caplog: pytest.LogCaptureFixture, where: str
 ) -> None:
     bkey = BlockKey("k", "e", 0)
     cache.put(bkey, data_of(bkey), direct=True)
     path = block_file(cache, bkey)
-    offset = {"pad field": 10, "padding": schema.header_size(bkey) + 7, "data": 5000}[where]
-    raw = bytearray(path.read_bytes())
+    start, raw_bytes = stored(path, bkey)
+    offset = {
+        "pad field": 10,
+        "padding": start - 1,
+        "trailing zeros": len(raw_bytes) - 1,
+        "data": start + 5000,
+    }[where]
+    if where == "padding" and start == schema.header_size(bkey):
+        offset = start + BS  # no padding this time: flip the trailing zeros instead
+    raw = bytearray(raw_bytes)
     raw[offset] ^= 0x01
     path.write_bytes(raw)
     with caplog.at_level(logging.WARNING):
         got = cache.get(bkey)
-    if where == "padding":
-        # The zeros are not covered by the CRC (the header says how many there are): the data
-        # is still exactly what was stored.
+    if where in ("padding", "trailing zeros"):
+        # The zeros are not covered by the CRC (the header says where the data is and how
+        # long): the data is still exactly what was stored.
         assert got == data_of(bkey)
     else:
         assert got is None
@@ -74,7 +119,7 @@ def test_blocks_that_cannot_be_direct_are_written_through_the_page_cache(
     cache: BlockCache,
 ) -> None:
     short = BlockKey("k", "e", 7)
-    cache.put(short, data_of(short, 1000), direct=True)  # not whole pages
+    cache.put(short, data_of(short, 1000), direct=True)  # not a page past its page boundary
     long_key = BlockKey("x" * (2 * blockfile.MAX_DIRECT_HEADER), "e", 0)
     cache.put(long_key, data_of(long_key), direct=True)  # header too long for the buffers
     for bkey, size in ((short, 1000), (long_key, BS)):
@@ -107,24 +152,39 @@ def test_a_filesystem_without_o_direct_falls_back_once_and_keeps_every_block(
     assert not list((cache.directory / schema.TMP_DIR).iterdir())
 
 
-def test_version_1_blocks_still_read_and_a_v1_header_with_padding_does_not(
-    cache: BlockCache,
+def rewrite(cache: BlockCache, bkey: BlockKey, version: int, pad: int, trailing: int) -> None:
+    """Replace `bkey`'s block file by one as a daemon writing `version` would have, with
+    `trailing` zero bytes after the data (-1: up to the next page boundary)."""
+    data = data_of(bkey)
+    header = bytearray(schema.pack_block_header(bkey, len(data), crc32c(data), pad))
+    header[4:6] = version.to_bytes(2, "little")
+    body = bytes(header) + bytes(pad) + data
+    if trailing < 0:
+        trailing = -len(body) % directio.ALIGN
+        assert trailing  # the case is meant to have some
+    block_file(cache, bkey).write_bytes(body + bytes(trailing))
+
+
+@pytest.mark.parametrize(
+    ("version", "pad", "trailing", "reads"),
+    [
+        (1, 0, 0, True),
+        (1, 16, 0, False),  # version 1 had no padding
+        (2, 16, 0, True),
+        (2, 16, -1, False),  # nor had version 2 anything after the data
+        (3, 16, 0, True),
+        (3, 16, -1, True),  # zeros up to the next page: an O_DIRECT write's last page
+        (3, 16, 1, False),  # anything else after the data is not
+        (3, 16, directio.ALIGN, False),
+    ],
+)
+def test_block_files_of_every_format_version_read_as_their_version_allows(
+    cache: BlockCache, version: int, pad: int, trailing: int, reads: bool
 ) -> None:
     bkey = BlockKey("k", "e", 0)
-    cache.put(bkey, data_of(bkey))  # buffered: no padding
-    path = block_file(cache, bkey)
-    raw = bytearray(path.read_bytes())
-    raw[4:6] = (1).to_bytes(2, "little")  # what a version-1 daemon wrote
-    path.write_bytes(raw)
-    assert cache.get(bkey) == data_of(bkey)
-
-    other = BlockKey("k", "e", 1)
-    cache.put(other, data_of(other), direct=True)
-    path = block_file(cache, other)
-    raw = bytearray(path.read_bytes())
-    raw[4:6] = (1).to_bytes(2, "little")  # version 1 had no padding
-    path.write_bytes(raw)
-    assert cache.get(other) is None
+    cache.put(bkey, data_of(bkey))
+    rewrite(cache, bkey, version, pad, trailing)
+    assert cache.get(bkey) == (data_of(bkey) if reads else None)
 
 
 def test_pack_block_header_refuses_padding_of_a_page_or_more() -> None:
@@ -132,9 +192,15 @@ def test_pack_block_header_refuses_padding_of_a_page_or_more() -> None:
         schema.pack_block_header(BlockKey("k", "e", 0), 10, 0, pad=schema.MAX_PAD)
 
 
-def test_direct_padding_rules() -> None:
-    assert blockfile.direct_padding(100, 4096) == 4096 - 100
-    assert blockfile.direct_padding(4096, 8192) == 0
-    assert blockfile.direct_padding(100, 4095) is None
-    assert blockfile.direct_padding(100, 0) is None
-    assert blockfile.direct_padding(blockfile.MAX_DIRECT_HEADER + 1, 4096) is None
+def test_direct_padding_puts_the_datas_page_boundary_on_a_page_of_the_file() -> None:
+    for size in (directio.ALIGN * 2, BS, BS + 1, 3 * BS + 100):
+        data = bytes(size)
+        lead = -blockfile.data_address(data) % directio.ALIGN
+        for hsize in (34, 200, blockfile.MAX_DIRECT_HEADER):
+            pad = blockfile.direct_padding(hsize, data)
+            assert pad is not None and 0 <= pad < directio.ALIGN
+            assert (hsize + pad + lead) % directio.ALIGN == 0
+    assert blockfile.direct_padding(100, bytes(1000)) is None  # no whole page in it
+    assert blockfile.direct_padding(100, b"") is None
+    assert blockfile.direct_padding(100, bytearray(BS)) is None  # only bytes stay in place
+    assert blockfile.direct_padding(blockfile.MAX_DIRECT_HEADER + 1, bytes(BS)) is None

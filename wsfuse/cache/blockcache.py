@@ -40,6 +40,7 @@ from typing import Final
 import google_crc32c
 import lmdb
 
+from wsfuse import directio
 from wsfuse.cache import schema
 from wsfuse.cache.blockfile import BlockFileWriter, direct_padding, read_block_file
 from wsfuse.cache.index import MetadataIndex
@@ -138,7 +139,7 @@ class BlockCache:
         self._free_sample: tuple[int, float] | None = None  # (bytes free, monotonic time)
         self._written_since_sample = 0  # disk bytes of puts ended since that sample
         self._tmp_names = itertools.count()  # next() is atomic under the GIL
-        self._files = BlockFileWriter(block_size)
+        self._files = BlockFileWriter()
 
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below)
@@ -284,8 +285,10 @@ class BlockCache:
             raise ValueError(f"{size} bytes is larger than the block size {self._block_size}")
         bid = block_id(bkey)
         hsize = schema.header_size(bkey)
-        pad = (direct_padding(hsize, size) if direct else None) or 0
+        pad = (direct_padding(hsize, data) if direct else None) or 0
         disk_bytes = hsize + pad + size
+        if direct:
+            disk_bytes = directio.align_up(disk_bytes)
         now = self._clock()
         with self._lock:
             if self._closed or bid in self._writing or bid in self._unlinking:

@@ -4,19 +4,25 @@ Why O_DIRECT: a block fetched for a reader is handed to it from memory, so the c
 only for later (a remount, an evicted page). Writing it through the page cache costs a fresh
 page-cache page per 4 KiB, a memory copy and later writeback work: 0.9-2.1 CPU-seconds per GiB
 on the 2-core test machine, about as much as everything else the daemon does for a cold read.
-An O_DIRECT write from a reused, page-aligned buffer costs about half of that
-(docs/performance.md, "Fewer fresh pages"). Blocks that will be read back soon (a directory's small
-files read ahead) still go through the page cache, where the read finds them.
+An O_DIRECT write costs about half of that (docs/performance.md, "Fewer fresh pages"). Blocks
+that will be read back soon (a directory's small files read ahead) still go through the page
+cache, where the read finds them.
 
-O_DIRECT needs the file offset, the length and the memory address aligned: the data starts at
-a multiple of `directio.ALIGN` (the header is padded with zeros, its `pad` field says how much)
-and only whole-page blocks are written that way. Filesystems without O_DIRECT (tmpfs on older
-kernels, some FUSE or network filesystems) answer EINVAL; the writer then uses the page cache
-for the rest of its life.
+O_DIRECT needs the file offset, the length and the memory address of every piece aligned to
+`directio.ALIGN`. The block's own bytes are written where they lie in memory, not copied
+into an aligned buffer first (that copy was a quarter of a put's CPU): the data's pages from
+its first page boundary on go straight from the `bytes` object, and the padding between
+header and data is chosen so that this boundary falls on a page boundary of the file too.
+Only the header with the data's bytes before that boundary, and the last partial page, are
+copied into a small pooled buffer, the latter padded with zeros; so a block file may end
+with zeros after its data, up to the next page boundary (format version 3). Filesystems
+without O_DIRECT (tmpfs on older kernels, some FUSE or network filesystems) answer EINVAL;
+the writer then uses the page cache for the rest of its life.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import mmap
@@ -31,33 +37,49 @@ from wsfuse.cache.schema import BlockKey
 
 log = logging.getLogger(__name__)
 
-#: Headers (key + etag) longer than this are written through the page cache: the bounce
+ALIGN: Final = directio.ALIGN
+#: Headers (key + etag) longer than this are written through the page cache: the copy
 #: buffers stay small, and keys that long are rare.
-MAX_DIRECT_HEADER: Final = 2 * directio.ALIGN
-#: Bounce buffers for O_DIRECT writes (block size each). Puts come from the fetcher's 4 disk
-#: writers and the post-upload copy, so a put practically never waits for one.
+MAX_DIRECT_HEADER: Final = 2 * ALIGN
+#: The copied head of an O_DIRECT write: header, padding and the data before its first page
+#: boundary in memory (each under a page).
+_HEAD: Final = MAX_DIRECT_HEADER + 2 * ALIGN
+#: Copy buffers (head, then the last partial page). Puts come from the fetcher's disk writers
+#: and the post-upload copy, so a put practically never waits for one.
 DIRECT_BUFFERS: Final = 8
 
 
-def direct_padding(header_size: int, length: int) -> int | None:
-    """Zero bytes between header and data for an O_DIRECT write, or None when this block
-    cannot be written that way (empty, not whole pages, header too long)."""
-    if length == 0 or length % directio.ALIGN or header_size > MAX_DIRECT_HEADER:
+def data_address(data: bytes) -> int:
+    """Where `data`'s bytes lie in memory (CPython bytes never move)."""
+    address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    assert address is not None
+    return address
+
+
+def direct_padding(header_size: int, data: bytes) -> int | None:
+    """Zero bytes between header and data that put the data's first page boundary in memory
+    on a page boundary of the file, or None when this block cannot be written with O_DIRECT
+    (not a `bytes`, header too long, or too short to hold a whole page past that boundary)."""
+    if type(data) is not bytes or header_size > MAX_DIRECT_HEADER:
         return None
-    return -header_size % directio.ALIGN
+    lead = -data_address(data) % ALIGN
+    if len(data) < lead + ALIGN:
+        return None
+    return -(header_size + lead) % ALIGN
 
 
 class BlockFileWriter:
-    """Writes block files. Thread-safe (the bounce buffers come from an `AlignedPool`)."""
+    """Writes block files. Thread-safe (the copy buffers come from an `AlignedPool`)."""
 
-    def __init__(self, block_size: int) -> None:
-        self._buffers = directio.AlignedPool(MAX_DIRECT_HEADER + block_size, DIRECT_BUFFERS)
+    def __init__(self) -> None:
+        self._buffers = directio.AlignedPool(_HEAD + ALIGN, DIRECT_BUFFERS)
         self.direct_supported = True  # until the filesystem says EINVAL once
 
     def write(self, path: str, header: bytes, pad: int, data: bytes, *, direct: bool) -> None:
         """Create `path` (exclusively) holding `header`, `pad` zero bytes, then `data`.
-        With `direct`, and when the layout and the filesystem allow it, with O_DIRECT."""
-        if direct and self.direct_supported and (len(header) + pad) % directio.ALIGN == 0:
+        With `direct`, and when `pad` was `direct_padding`'s for this `data` and the
+        filesystem allows it, with O_DIRECT (then with zeros after the data up to a page)."""
+        if direct and self.direct_supported and direct_padding(len(header), data) == pad:
             with self._buffers.take() as buffer:
                 if self._write_direct(path, buffer, header, pad, data):
                     return
@@ -70,11 +92,17 @@ class BlockFileWriter:
         self, path: str, buffer: mmap.mmap, header: bytes, pad: int, data: bytes
     ) -> bool:
         """False when the filesystem refuses O_DIRECT (nothing is left behind)."""
+        lead = -data_address(data) % ALIGN
         start = len(header) + pad
-        end = start + len(data)
+        head = start + lead  # a multiple of ALIGN, by the choice of `pad`
+        body_end = lead + (len(data) - lead) // ALIGN * ALIGN
+        tail = len(data) - body_end
         buffer[: len(header)] = header
         buffer[len(header) : start] = bytes(pad)
-        buffer[start:end] = data
+        buffer[start:head] = data[:lead]
+        if tail:
+            buffer[_HEAD : _HEAD + tail] = data[body_end:]
+            buffer[_HEAD + tail : _HEAD + ALIGN] = bytes(ALIGN - tail)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT
         try:
             fd = os.open(path, flags, 0o600)
@@ -84,8 +112,15 @@ class BlockFileWriter:
             self._unsupported(exc)
             return False
         try:
-            with memoryview(buffer) as view:
-                directio.pwrite_all(fd, view[:end], 0)
+            with memoryview(buffer) as copied, memoryview(data) as own:
+                pieces = [copied[:head], own[lead:body_end]]
+                if tail:
+                    pieces.append(copied[_HEAD : _HEAD + ALIGN])
+                expected = head + (body_end - lead) + (ALIGN if tail else 0)
+                # One call; a short O_DIRECT write leaves an unaligned rest that could not be
+                # written the same way, and only happens when the disk is full.
+                if os.pwritev(fd, pieces, 0) != expected:
+                    raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise  # the caller removes the temp file
@@ -136,8 +171,10 @@ def read_block_file(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
             return f"header says {header.length} bytes, more than a block"
         start = hsize + header.pad
         file_size = os.fstat(fd).st_size
-        if file_size != start + header.length:
-            return f"file is {file_size} bytes, header says {start + header.length}"
+        end = start + header.length
+        # Version 3 files written with O_DIRECT end with zeros up to the next page boundary.
+        if file_size != end and (header.version < 3 or file_size != directio.align_up(end)):
+            return f"file is {file_size} bytes, header says {end}"
         # Straight into the bytes object we return: no copy after the kernel's.
         data = os.pread(fd, header.length, start)
     finally:

@@ -119,9 +119,10 @@ def block_relpath(bid: bytes) -> str:
 
 #: First bytes of every block file: "WSFuse Block".
 BLOCK_MAGIC: Final = b"WSFB"
-BLOCK_FORMAT_VERSION: Final = 2
-#: Versions this code reads: 1 had no padding (its `pad` field was "reserved", always 0).
-READABLE_BLOCK_VERSIONS: Final = (1, 2)
+BLOCK_FORMAT_VERSION: Final = 3
+#: Versions this code reads: 1 had no padding (its `pad` field was "reserved", always 0);
+#: 2 had no zeros after the data.
+READABLE_BLOCK_VERSIONS: Final = (1, 2, 3)
 
 # Fixed part of the header, little-endian, 32 bytes:
 #   offset size field
@@ -133,7 +134,8 @@ READABLE_BLOCK_VERSIONS: Final = (1, 2)
 #                              for O_DIRECT writes, see blockfile.py)
 #   12     4    crc32c         CRC32C (Castagnoli) of the data bytes
 #   16     8    block index    u64
-#   24     8    data length N  u64; the file is exactly 32 + K + E + P + N bytes
+#   24     8    data length N  u64; the file is 32 + K + E + P + N bytes, or (version 3)
+#                              that rounded up to 4096 with zeros (O_DIRECT writes pages)
 #   32     K    key
 #   32+K   E    etag
 #   32+K+E P    zeros
@@ -174,6 +176,7 @@ class BlockHeader:
     length: int
     crc32c: int
     pad: int = 0
+    version: int = BLOCK_FORMAT_VERSION
 
 
 def check_block_header(buf: bytes, bkey: BlockKey) -> BlockHeader | str:
@@ -200,7 +203,7 @@ def check_block_header(buf: bytes, bkey: BlockKey) -> BlockHeader | str:
         return f"header says block {index}"
     if klen != len(key) or elen != len(etag) or buf[BLOCK_HEADER_SIZE:size] != key + etag:
         return "header names another object or version"
-    return BlockHeader(size, length, crc, pad)
+    return BlockHeader(size, length, crc, pad, version)
 
 
 # --------------------------------------------------------------------------- LMDB index schema
