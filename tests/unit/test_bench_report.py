@@ -104,8 +104,9 @@ def test_traffic_bounds_count_bytes_from_the_server_per_byte_read() -> None:
 
 
 def test_the_reported_run_renders_with_the_targets_it_recorded() -> None:
-    latest = sorted(RESULTS.glob("run-*.json"))[-1]
-    result = json.loads(latest.read_text())
+    # The run `run-latest.md` reports (newer partial runs may sit beside it).
+    stamp = (RESULTS / "run-latest.md").read_text().splitlines()[0].rsplit(" ", 1)[-1]
+    result = json.loads((RESULTS / f"run-{stamp}.json").read_text())
     text = report.markdown(result)
     assert "### Targets at 20 ms" in text
     recomputed = by_name(report.targets(result["rows"], 20.0))
