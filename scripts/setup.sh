@@ -6,11 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc)
-# `--with-test-tools` (scripts/check.sh): the tools the write-path tests drive through a mount,
-# so those tests run instead of skipping on a fresh machine.
-if [ "${1:-}" = "--with-test-tools" ]; then
-    apt_packages+=(rsync git tar)
-fi
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -23,6 +18,25 @@ if ((${#missing[@]})); then
     echo "wsfuse setup: installing ${missing[*]}"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# `--with-test-tools` (scripts/check.sh): the tools the write-path tests drive through a mount,
+# so those tests run instead of skipping on a fresh machine. Optional: without root, the tests
+# that need a missing tool skip and say which.
+if [ "${1:-}" = "--with-test-tools" ]; then
+    tools=()
+    for t in rsync git tar; do
+        command -v "$t" >/dev/null 2>&1 || tools+=("$t")
+    done
+    if ((${#tools[@]})); then
+        if [ "$(id -u)" -eq 0 ]; then
+            echo "wsfuse setup: installing test tools ${tools[*]}"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${tools[@]}" >/dev/null
+        else
+            echo "wsfuse setup: test tools ${tools[*]} missing (not root): their tests will skip" >&2
+        fi
+    fi
 fi
 
 # Debian's interpreter: python3-dev above provides its headers, which pyfuse3 builds against.

@@ -285,10 +285,9 @@ class BlockCache:
             raise ValueError(f"{size} bytes is larger than the block size {self._block_size}")
         bid = block_id(bkey)
         hsize = schema.header_size(bkey)
-        pad = (direct_padding(hsize, data) if direct else None) or 0
-        disk_bytes = hsize + pad + size
-        if direct:
-            disk_bytes = directio.align_up(disk_bytes)
+        pad = direct_padding(hsize, data) if direct and self._files.direct_supported else None
+        disk_bytes = hsize + size if pad is None else directio.align_up(hsize + pad + size)
+        pad = pad or 0
         now = self._clock()
         with self._lock:
             if self._closed or bid in self._writing or bid in self._unlinking:

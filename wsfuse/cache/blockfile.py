@@ -22,6 +22,7 @@ the writer then uses the page cache for the rest of its life.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import logging
@@ -41,9 +42,10 @@ ALIGN: Final = directio.ALIGN
 #: Headers (key + etag) longer than this are written through the page cache: the copy
 #: buffers stay small, and keys that long are rare.
 MAX_DIRECT_HEADER: Final = 2 * ALIGN
-#: The copied head of an O_DIRECT write: header, padding and the data before its first page
-#: boundary in memory (each under a page).
-_HEAD: Final = MAX_DIRECT_HEADER + 2 * ALIGN
+#: Room for the copied head of an O_DIRECT write: header, padding and the data before its
+#: first page boundary in memory, which together end on the first page boundary at or after
+#: the header's end (at most `MAX_DIRECT_HEADER + ALIGN` bytes); the last page follows it.
+_HEAD: Final = MAX_DIRECT_HEADER + ALIGN
 #: Copy buffers (head, then the last partial page). Puts come from the fetcher's disk writers
 #: and the post-upload copy, so a put practically never waits for one.
 DIRECT_BUFFERS: Final = 8
@@ -109,6 +111,10 @@ class BlockFileWriter:
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise
+            # Linux may create the file before it refuses O_DIRECT (tmpfs did): the name is
+            # this put's alone, and the buffered write that follows needs it free.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             self._unsupported(exc)
             return False
         try:
