@@ -234,5 +234,7 @@ CUMULATIVE = frozenset(
         "prefetches",
         "prefetch_cancelled",
         "prefetch_skipped_budget",
+        "streamed_parts_from_memory",
+        "streamed_parts_read_back",
     }
 )

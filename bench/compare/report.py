@@ -67,12 +67,15 @@ def value(rows: list[dict[str, Any]], fs: str, workload: str, lat: float | None)
 
 
 def ceiling(rows: list[dict[str, Any]], w: W, lat: float) -> tuple[float | None, str]:
+    """The binding ceiling and its name; a ceiling that was not measured (it failed, or ran
+    out of time) is named as missing, since the others alone may be a more lenient bound."""
     vals = [(value(rows, "ceiling", c, lat), c) for c in w.ceilings]
+    missing = [c for v, c in vals if not v]
     vals = [(v, c) for v, c in vals if v]
     if not vals:
         return None, ""
     v, c = (max if w.lower_is_better else min)(vals)
-    return v, c
+    return v, c + (f"; not measured: {', '.join(missing)}" if missing else "")
 
 
 def best_peer(rows: list[dict[str, Any]], w: W, lat: float) -> tuple[float | None, str]:

@@ -376,6 +376,9 @@ async def test_an_unaligned_writer_streams_from_memory_after_the_first_parts(
     await w.fs.release(fh)
     assert stream.parts_read_back == 2
     assert stream.parts_from_memory == stream.next_number - 1 - 2
+    stats = w.fs.statistics()  # what `wsfuse status` shows, summed over the mount's streams
+    assert stats["streamed_parts_read_back"] == 2
+    assert stats["streamed_parts_from_memory"] == stream.parts_from_memory
     assert w.backend.get_range("odd", 0, size) == ramp("odd", 0, size)
 
 

@@ -64,6 +64,13 @@ def test_each_latency_block_is_measured_against_the_local_ceilings_of_its_own_bl
     assert at[20.0][name]["value"] == 0.8  # 640 / 800
 
 
+def test_a_ceiling_that_was_not_measured_is_named_beside_the_one_used() -> None:
+    rows = [row("ceiling", "boto3_ranged_best", 1400.0), row("wsfuse", "seq_cold", 1200.0)]
+    cold = by_name(report.targets(rows, 20.0))["cold seq read / min(boto3 ranged, passthrough)"]
+    assert cold["value"] == pytest.approx(1200 / 1400, abs=1e-3)
+    assert "boto3_ranged_best; not measured: passthrough_first" in cold["detail"]
+
+
 def test_times_are_lower_is_better_and_missing_numbers_make_no_row() -> None:
     rows = [
         row("ceiling", "boto3_list", 4.0),

@@ -35,7 +35,7 @@ from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_na
 from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.reader import BlockFetcher, PinnedObject, Reader
 from wsfuse.fs.staging import Staging
-from wsfuse.fs.streaming import StreamingUpload
+from wsfuse.fs.streaming import PartSources, StreamingUpload
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ class Filesystem(Mutations):
             self.fetcher, whole_object_max=config.whole_object_max, pin=self._pin_entry
         )
         self.attr_store = AttrStore(index)
+        self.part_sources = PartSources()
         now = clock()
         self.inodes: dict[int, Inode] = {ROOT_INO: Inode(ROOT_INO, "", True, mtime=now)}
         # INVARIANT: staged == {ino for ino, node in inodes.items() if node.staging is not None}
@@ -550,4 +551,6 @@ class Filesystem(Mutations):
             "open_handles": sum(isinstance(h, FileHandle) for h in self._handles.values()),
             "hidden_keys": self.hidden_keys,
             "pending_uploads": self.pending_uploads(),
+            "streamed_parts_from_memory": self.part_sources.from_memory,
+            "streamed_parts_read_back": self.part_sources.read_back,
         }

@@ -29,7 +29,7 @@ from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.staging import Staging
-from wsfuse.fs.streaming import StreamingUpload
+from wsfuse.fs.streaming import PartSources, StreamingUpload
 from wsfuse.fs.upload import MULTIPART_THRESHOLD, upload_file
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class Mutations:
         listings: dict[str, Listing]
         negative: dict[str, float]
         attr_store: AttrStore
+        part_sources: PartSources
         _handles: dict[int, FileHandle | DirHandle]
 
         def inode(self, ino: int) -> Inode: ...
@@ -165,6 +166,7 @@ class Mutations:
             posixmeta.encode(self._upload_attrs(node)),
             self.fetcher.nursery,
             on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
+            sources=self.part_sources,
         )
 
     async def _drop_stream(self, node: Inode) -> None:

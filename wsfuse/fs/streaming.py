@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import trio
 
@@ -31,6 +32,16 @@ log = logging.getLogger(__name__)
 
 PARALLEL_PARTS = 8
 MEMORY_PARTS = 4  # part bodies held from write buffers at once (memory bound: 4 x part size)
+
+
+@dataclass
+class PartSources:
+    """Where streamed parts' bodies came from, over a mount's life (`wsfuse status`): a part
+    read back from the staging file costs a disk read that the writer's buffers would have
+    saved (a slow store holds more parts in flight than `MEMORY_PARTS`)."""
+
+    from_memory: int = 0
+    read_back: int = 0
 
 
 def streaming_part_size(number: int) -> int:
@@ -51,8 +62,10 @@ class StreamingUpload:
         nursery: trio.Nursery,
         *,
         on_upload_id: Callable[[str], None] | None = None,
+        sources: PartSources | None = None,
     ) -> None:
         self.backend = backend
+        self.sources = sources if sources is not None else PartSources()
         self.key = key
         self.read = read
         self.metadata = dict(metadata)
@@ -173,8 +186,10 @@ class StreamingUpload:
                 self.parts[number] = await self.backend.run_sync(part)
             if body is not None:
                 self.parts_from_memory += 1
+                self.sources.from_memory += 1
             else:
                 self.parts_read_back += 1
+                self.sources.read_back += 1
         except Exception as exc:
             if self.error is None:
                 self.error = exc
