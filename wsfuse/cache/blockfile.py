@@ -94,9 +94,11 @@ class BlockFileWriter:
         self, path: str, buffer: mmap.mmap, header: bytes, pad: int, data: bytes
     ) -> bool:
         """False when the filesystem refuses O_DIRECT (nothing is left behind)."""
-        lead = -data_address(data) % ALIGN
         start = len(header) + pad
-        head = start + lead  # a multiple of ALIGN, by the choice of `pad`
+        # `pad` was chosen (`direct_padding`) so that start + lead is a multiple of ALIGN:
+        # the data's bytes before its first page boundary in memory, without asking again.
+        lead = -start % ALIGN
+        head = start + lead
         body_end = lead + (len(data) - lead) // ALIGN * ALIGN
         tail = len(data) - body_end
         buffer[: len(header)] = header
