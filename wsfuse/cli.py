@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="always leave this much free on the cache disk",
     )
     mount.add_argument(
+        "--cache-written-max",
+        type=_size,
+        default=DEFAULTS.cache_written_max,
+        metavar="SIZE",
+        help="keep files written through the mount in the cache after their upload up to "
+        "this size; larger ones (checkpoints) are not copied into it "
+        "(default: %(default)s bytes)",
+    )
+    mount.add_argument(
         "--metadata-ttl",
         type=float,
         default=DEFAULTS.metadata_ttl,
@@ -317,6 +326,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             cache_dir=args.cache_dir or cache_dir_for(uri, default_cache_root()),
             cache_size=args.cache_size,
             min_free=args.min_free,
+            cache_written_max=args.cache_written_max,
             metadata_ttl=args.metadata_ttl,
             uid=args.uid,
             gid=args.gid,

@@ -43,9 +43,11 @@ class WHarness(Harness):
 
 
 @asynccontextmanager
-async def _harness(tmp_path: Path, backend: MemoryBackend) -> AsyncIterator[WHarness]:
+async def _harness(
+    tmp_path: Path, backend: MemoryBackend, **config_kw: object
+) -> AsyncIterator[WHarness]:
     faulty = FaultInjectingBackend(backend)
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, **config_kw)
     cache = BlockCache(config.cache_dir, block_size=config.block_size, capacity=1 << 30, min_free=0)
     try:
         async with trio.open_nursery() as nursery:
@@ -306,6 +308,24 @@ async def test_created_file_is_listed_before_its_upload(w: WHarness) -> None:
     listing = await w.fs.listing("")
     assert "n1" in listing.by_name
     await w.fs.release(fh)
+
+
+async def test_only_files_up_to_cache_written_max_stay_cached_after_their_upload(
+    tmp_path: Path,
+) -> None:
+    """Copying a just-uploaded checkpoint into cache blocks costs as much disk as writing it,
+    and back-to-back checkpoints paid for it while writing the next one: larger files are
+    not kept, and their staging file goes all the same."""
+    async with _harness(tmp_path, MemoryBackend(), cache_written_max=2 * MiB) as w:
+        small, large = ramp("small", 0, 2 * MiB), ramp("large", 0, 2 * MiB + 1)
+        await w.write_file("small", small)
+        await w.write_file("large", large)
+        assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
+        before = w.backend.counts["get_range"]
+        assert await w.read_all("small") == small
+        assert w.backend.counts["get_range"] == before  # kept: read from the cache
+        assert await w.read_all("large") == large
+        assert w.backend.counts["get_range"] > before  # not kept: read from the bucket
 
 
 async def test_sequential_writer_streams_parts_before_close(w: WHarness) -> None:

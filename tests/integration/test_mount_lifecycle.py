@@ -127,7 +127,8 @@ def test_o_options_mirror_long_flags(bucket: S3Bucket, tmp_path: Path) -> None:
             bucket.uri,
             "-o",
             f"endpoint_url={bucket.server.endpoint_url},read-only,uid=1234,"
-            "gid=4321,file_mode=600,dir-mode=0700,metadata_ttl=5,cache_size=1G,nofail,_netdev",
+            "gid=4321,file_mode=600,dir-mode=0700,metadata_ttl=5,cache_size=1G,"
+            "cache-written-max=1M,nofail,_netdev",
         ],
     ).start()
     try:
@@ -159,6 +160,7 @@ def test_python_m_wsfuse_help() -> None:
     for flag in [
         "--cache-dir",
         "--cache-size",
+        "--cache-written-max",
         "--metadata-ttl",
         "--allow-other",
         "--uid",

@@ -468,7 +468,7 @@ class BlockCache:
         if free < needed:
             return victims, (
                 f"free space on {self._dir} is below the guard of {self._min_free} bytes "
-                f"(--cache-min-free) and nothing is left to evict",
+                f"(--min-free) and nothing is left to evict",
                 True,
             )
         return victims, None

@@ -252,7 +252,8 @@ class Mutations:
 
     async def finish_staging(self, node: Inode) -> None:
         """The last handle is closed: a clean staging file becomes cache blocks of the uploaded
-        version (no re-download to read it back) and goes away; a dirty one stays pending."""
+        version (no re-download to read it back) if it is at most `cache_written_max` long,
+        and goes away; a dirty one stays pending."""
         staging = node.staging
         if node.unlinked:
             await self._drop_stream(node)
@@ -278,7 +279,7 @@ class Mutations:
             return
         node.staging = None
         self.staged.discard(node.ino)
-        if not node.unlinked and node.etag:
+        if not node.unlinked and node.etag and staging.size <= self.config.cache_written_max:
             obj = node.pinned()
             bs = self.config.block_size
 
