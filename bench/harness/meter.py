@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.harness.mount import Mount
-from bench.harness.procs import cpu_seconds, kernel_threads_cpu, machine_busy, self_cpu
+from bench.harness.procs import (
+    cpu_seconds,
+    kernel_threads_cpu,
+    machine_busy,
+    machine_waits,
+    self_cpu,
+)
 from bench.harness.server import Server
 
 
@@ -54,6 +60,10 @@ class Sample:
         return out
 
 
+#: Machine-wide counters in a sample's `cpu`, not CPU time of one of our processes.
+NOT_PROCESSES = frozenset({"machine_busy", "iowait", "steal"})
+
+
 class Meter:
     """CPU seconds of the server, a daemon, this process and the kernel's threads, and of the
     whole machine (the rest is other sessions' work on the shared cores), and server stats."""
@@ -70,6 +80,7 @@ class Meter:
             "reader": self_cpu(self.children),
             "kernel_threads": kernel_threads_cpu(),
             "machine_busy": machine_busy()[0],
+            **machine_waits(),
         }
 
     def __enter__(self) -> Meter:
@@ -88,7 +99,7 @@ class Meter:
             del cpu["daemon"]
         else:
             sample.rss = self.daemon.rss()
-        ours = sum(v for k, v in cpu.items() if k != "machine_busy")
+        ours = sum(v for k, v in cpu.items() if k not in NOT_PROCESSES)
         cpu["others"] = max(0.0, cpu["machine_busy"] - ours)
         sample.cpu = cpu
         sample.server = self.server.stats()

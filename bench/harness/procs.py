@@ -47,6 +47,15 @@ def machine_busy() -> tuple[float, float]:
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
+def machine_waits() -> dict[str, float]:
+    """Seconds (summed over cores, since boot) the machine's CPUs spent waiting for I/O and
+    stolen by the hypervisor: a workload that slows down with neither of its processes using
+    more CPU shows up here (the disk, or other tenants of the host)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    return {"iowait": values[4] / CLK_TCK, "steal": values[7] / CLK_TCK}
+
+
 def kernel_threads_cpu() -> float:
     """CPU seconds of all kernel threads (writeback, softirq, ...) since they started."""
     total = 0

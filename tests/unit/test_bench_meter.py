@@ -1,0 +1,53 @@
+"""The bench's meter: machine-wide I/O wait and steal are recorded beside the processes' CPU
+and never counted as our processes' work (which would hide other sessions' load)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from bench.harness import meter as meter_module
+from bench.harness.meter import NOT_PROCESSES, Meter, Sample
+
+
+class _Server:
+    """What Meter needs of the bench's S3 server: a pid to read CPU from, and request stats."""
+
+    pid = os.getpid()
+
+    def reset(self) -> None:
+        pass
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {}
+
+
+def test_waits_are_recorded_and_kept_out_of_our_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waits = iter([{"iowait": 10.0, "steal": 1.0}, {"iowait": 12.5, "steal": 1.75}])
+    monkeypatch.setattr(meter_module, "machine_waits", lambda: next(waits))
+    m: Any = Meter(_Server(), None)  # type: ignore[arg-type]
+    with m:
+        end = time.process_time() + 0.05
+        while time.process_time() < end:  # some CPU of our own, so the sums are not all 0
+            pass
+    cpu = m.fill(Sample(bytes=1, seconds=m.elapsed)).cpu
+    assert cpu["iowait"] == pytest.approx(2.5)
+    assert cpu["steal"] == pytest.approx(0.75)
+    ours = sum(v for k, v in cpu.items() if k not in NOT_PROCESSES | {"others"})
+    assert ours > 0
+    assert cpu["others"] == pytest.approx(max(0.0, cpu["machine_busy"] - ours))
+
+
+def test_machine_waits_reads_proc_stat() -> None:
+    from bench.harness.procs import machine_waits
+
+    first = machine_waits()
+    assert set(first) == {"iowait", "steal"}
+    assert all(v >= 0 for v in first.values())
+    later = machine_waits()
+    assert all(later[k] >= first[k] for k in first)  # counters since boot only grow
