@@ -44,7 +44,8 @@ class MountConfig:
     # cache disk once more (~0.65 CPU s/GiB on the test VM) while the writer is already busy
     # with its next file: back-to-back 1 GiB checkpoints were 15% slower for it. Configs,
     # logs and small artifacts are read back; checkpoints rarely are on the node that wrote
-    # them (JuiceFS does not cache large writes by default either; mountpoint-s3 never).
+    # them (JuiceFS keeps large writes' blocks only with --cache-large-write; mountpoint-s3
+    # never caches writes).
     cache_written_max: int = 64 * MiB
     # Concurrent backend requests (and HTTP connections): 16 ranged GETs for prefetch plus
     # headroom for lookups and listings.

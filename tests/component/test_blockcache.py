@@ -482,6 +482,7 @@ def test_free_space_guard(
     assert cache.statistics().skipped == 4
     [message] = warnings_of(caplog)  # rate-limited: one warning for four blocks
     assert "below the guard" in message
+    assert "(--min-free)" in message  # the flag a user can change
     assert_consistent(cache)
 
 

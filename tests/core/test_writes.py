@@ -22,6 +22,7 @@ from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
 from wsfuse.fs.namespace import Entry
+from wsfuse.fs.staging import Staging
 from wsfuse.fs.streaming import MEMORY_PARTS
 from wsfuse.testing.ramp import ramp
 
@@ -326,6 +327,33 @@ async def test_only_files_up_to_cache_written_max_stay_cached_after_their_upload
         assert w.backend.counts["get_range"] == before  # kept: read from the cache
         assert await w.read_all("large") == large
         assert w.backend.counts["get_range"] > before  # not kept: read from the bucket
+        assert w.fs.pending_uploads() == []
+
+
+async def test_cache_written_max_0_keeps_no_written_file(tmp_path: Path) -> None:
+    async with _harness(tmp_path, MemoryBackend(), cache_written_max=0) as w:
+        await w.write_file("one-byte", b"x")
+        before = w.backend.counts["get_range"]
+        assert await w.read_all("one-byte") == b"x"
+        assert w.backend.counts["get_range"] > before
+
+
+async def test_a_failed_copy_into_the_cache_still_removes_the_staging_file(
+    w: WHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upload succeeded: the cache copy is only an optimisation, and a disk error while
+    making it must not leave the staging file or its pending record behind."""
+
+    def broken(self: Staging, length: int, offset: int) -> bytes:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Staging, "read_uncached", broken)
+    await w.write_file("f", b"uploaded")
+    assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
+    assert w.fs.pending_uploads() == []
+    assert "could not keep 'f' in the cache" in caplog.text
+    monkeypatch.undo()
+    assert await w.read_all("f") == b"uploaded"  # from the bucket
 
 
 async def test_sequential_writer_streams_parts_before_close(w: WHarness) -> None:

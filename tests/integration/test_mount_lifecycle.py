@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,27 @@ def test_fstab_mount_helper(bucket: S3Bucket, tmp_path: Path) -> None:
         )
         if _is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+
+
+def _wait_staging_empty(cache_dir: Path, timeout: float = 10.0) -> None:
+    """RELEASE (which ends a written file's staging) follows close() asynchronously."""
+    deadline = time.monotonic() + timeout
+    while any((cache_dir / "staging").glob("*")):
+        assert time.monotonic() < deadline, "the staging file outlived the upload"
+        time.sleep(0.02)
+
+
+def test_cache_written_max_reaches_the_daemon(
+    bucket: S3Bucket, mounter: Any, tmp_path: Path
+) -> None:
+    """By default a small written file is read back from the cache (no GET); with
+    `-o cache_written_max=0` it is not kept, so reading it back GETs it."""
+    for name, extra in (("kept", ()), ("not-kept", ("-o", "cache_written_max=0"))):
+        cache = tmp_path / f"cache-{name}"
+        m = mounter(*extra, cache_dir=cache)
+        (m.path / name).write_bytes(b"written here\n" * 100)
+        _wait_staging_empty(cache)
+        assert (m.path / name).read_bytes() == b"written here\n" * 100
+        m.stop()
+    assert bucket.gets("kept") == 0
+    assert bucket.gets("not-kept") >= 1

@@ -288,7 +288,10 @@ class Mutations:
                     data = staging.read_uncached(bs, index * bs)
                     self.cache.put(obj.block(index), data, direct=True)
 
-            await trio.to_thread.run_sync(to_cache)
+            try:
+                await trio.to_thread.run_sync(to_cache)
+            except OSError as exc:  # the bucket has the file: only the cache copy is lost
+                log.warning("could not keep %r in the cache after its upload: %s", node.path, exc)
         staging.close(remove=True)
         self._forget_pending(node)
 
