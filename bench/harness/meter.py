@@ -16,8 +16,7 @@ from bench.harness.mount import Mount
 from bench.harness.procs import (
     cpu_seconds,
     kernel_threads_cpu,
-    machine_busy,
-    machine_waits,
+    machine_cpu,
     self_cpu,
 )
 from bench.harness.server import Server
@@ -79,8 +78,7 @@ class Meter:
             "daemon": cpu_seconds(self.daemon.pid) if self.daemon else 0.0,
             "reader": self_cpu(self.children),
             "kernel_threads": kernel_threads_cpu(),
-            "machine_busy": machine_busy()[0],
-            **machine_waits(),
+            **machine_cpu(),
         }
 
     def __enter__(self) -> Meter:

@@ -38,22 +38,32 @@ def self_cpu(children: bool = False) -> float:
     return total
 
 
+def _cpu_ticks() -> list[int]:
+    """The machine's `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal..."""
+    with open("/proc/stat") as f:
+        return [int(v) for v in f.readline().split()[1:]]
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine since boot (all cores)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
+    values = _cpu_ticks()
     idle = values[3] + values[4]  # idle + iowait
     total = sum(values[:8])  # without guest time (already in user)
     return (total - idle) / CLK_TCK, total / CLK_TCK
 
 
-def machine_waits() -> dict[str, float]:
-    """Seconds (summed over cores, since boot) the machine's CPUs spent waiting for I/O and
-    stolen by the hypervisor: a workload that slows down with neither of its processes using
-    more CPU shows up here (the disk, or other tenants of the host)."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    return {"iowait": values[4] / CLK_TCK, "steal": values[7] / CLK_TCK}
+def machine_cpu() -> dict[str, float]:
+    """From one reading of /proc/stat, seconds since boot (summed over cores): the machine
+    busy, and its CPUs waiting for I/O or stolen by the hypervisor. A workload that slows
+    down with none of its processes using more CPU shows up in the last two (the disk, or
+    other tenants of the host)."""
+    values = _cpu_ticks()
+    busy = sum(values[:8]) - values[3] - values[4]
+    return {
+        "machine_busy": busy / CLK_TCK,
+        "iowait": values[4] / CLK_TCK,
+        "steal": values[7] / CLK_TCK,
+    }
 
 
 def kernel_threads_cpu() -> float:

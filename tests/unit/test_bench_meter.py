@@ -28,8 +28,13 @@ class _Server:
 def test_waits_are_recorded_and_kept_out_of_our_processes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    waits = iter([{"iowait": 10.0, "steal": 1.0}, {"iowait": 12.5, "steal": 1.75}])
-    monkeypatch.setattr(meter_module, "machine_waits", lambda: next(waits))
+    readings = iter(
+        [
+            {"machine_busy": 100.0, "iowait": 10.0, "steal": 1.0},
+            {"machine_busy": 104.0, "iowait": 12.5, "steal": 1.75},
+        ]
+    )
+    monkeypatch.setattr(meter_module, "machine_cpu", lambda: next(readings))
     m: Any = Meter(_Server(), None)  # type: ignore[arg-type]
     with m:
         end = time.process_time() + 0.05
@@ -38,16 +43,18 @@ def test_waits_are_recorded_and_kept_out_of_our_processes(
     cpu = m.fill(Sample(bytes=1, seconds=m.elapsed)).cpu
     assert cpu["iowait"] == pytest.approx(2.5)
     assert cpu["steal"] == pytest.approx(0.75)
+    assert cpu["machine_busy"] == pytest.approx(4.0)
     ours = sum(v for k, v in cpu.items() if k not in NOT_PROCESSES | {"others"})
     assert ours > 0
     assert cpu["others"] == pytest.approx(max(0.0, cpu["machine_busy"] - ours))
 
 
-def test_machine_waits_reads_proc_stat() -> None:
-    from bench.harness.procs import machine_waits
+def test_machine_cpu_reads_proc_stat_once_for_all_three() -> None:
+    from bench.harness.procs import machine_busy, machine_cpu
 
-    first = machine_waits()
-    assert set(first) == {"iowait", "steal"}
+    first = machine_cpu()
+    assert set(first) == {"machine_busy", "iowait", "steal"}
     assert all(v >= 0 for v in first.values())
-    later = machine_waits()
+    later = machine_cpu()
     assert all(later[k] >= first[k] for k in first)  # counters since boot only grow
+    assert machine_busy()[0] >= later["machine_busy"]  # the same count, read later
