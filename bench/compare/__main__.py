@@ -4,8 +4,9 @@
               [--only seq,random,small,list,write] [--render JSON]
 
 As root (mounts, drop_caches, read_ahead_kb, apt-get for missing peers). Starts the local S3
-server in its own process, seeds the data sets without latency, measures the ceilings, then
-mounts each filesystem in turn and runs the workloads; prints one table and writes
+server in its own process, seeds the data sets without latency, then for each latency runs each
+workload group beside its ceilings (the sequential reads and the 1 GiB write as interleaved
+rounds of ceilings and filesystems, bench/compare/rounds.py); prints one table and writes
 bench/results/run-<stamp>.json, run-<stamp>.png, run-latest.md and run-latest.png. Every mount,
 the server and the scratch directory are cleaned up on any exit, Ctrl-C included; only the
 processes this run started are stopped, by PID.
@@ -24,24 +25,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.compare import ceilings, workloads
+from bench.compare import rounds
 from bench.compare.context import Ctx, OutOfTime
 from bench.compare.data import DataSets, local_copies, seed_all
 from bench.compare.filesystems import specs, versions
 from bench.compare.report import finish
 from bench.harness.env import MiB, log, parse_size
 from bench.harness.gitstate import git_state
+from bench.harness.meter import Sample
 from bench.harness.procs import sigterm_as_interrupt
 from bench.harness.server import Server, s3_client, use_tls
 
 GROUPS = ("seq", "random", "small", "list", "write")
-RUNNERS = {
-    "seq": workloads.sequential,
-    "random": workloads.random_reads,
-    "small": workloads.small_files,
-    "list": workloads.listing,
-    "write": workloads.writes,
-}
 APT = {"s3fs": "s3fs", "rclone": "rclone", "fio": "fio"}
 
 
@@ -175,52 +170,31 @@ def main(argv: list[str] | None = None) -> int:
             for name in [*args.fs, "passthrough"]
             if name in fs_specs
         }
+        local_root = None
         if not args.no_ceilings and g & {"seq", "list", "write"}:
             local_root = local_copies(
                 work / "local", data, big=bool(g & {"seq", "write"}), listing="list" in g
             )
+        run_specs = []
+        for fs in args.fs:
+            if fs not in fs_specs or fs == "passthrough":
+                skipped.append(f"unknown filesystem {fs!r}")
+            else:
+                run_specs.append(fs_specs[fs])
         for lat in args.latencies:
             server.set_latency(lat)
             ctx.peak_rss.clear()
-            if not args.no_ceilings:
-                # The local ceilings go through no latency, but they are measured again in
-                # each block, beside the workloads they are the ceiling of: the machine's
-                # state (page cache, memory, disk) drifts over a half-hour run.
-                if g & {"seq", "list"}:
-                    _guard(
-                        ctx,
-                        "local ceilings",
-                        lambda: ceilings.local(
-                            ctx, local_root, big="seq" in g, listing="list" in g
-                        ),
-                    )
-                if g & {"seq", "random"}:
-                    _guard(ctx, "boto3 GET ceilings", lambda: ceilings.boto3_get(ctx))
-                if "small" in g:
-                    _guard(ctx, "boto3 small ceilings", lambda: ceilings.boto3_small(ctx))
-                if "list" in g:
-                    _guard(ctx, "boto3 LIST ceiling", lambda: ceilings.boto3_list(ctx))
-                if "write" in g:
-                    _guard(
-                        ctx,
-                        "boto3 write ceilings",
-                        lambda: ceilings.boto3_writes(ctx, work / "local" / "data" / "big.bin"),
-                    )
-            for fs in args.fs:
-                spec = fs_specs.get(fs)
-                if spec is None or fs == "passthrough":
-                    skipped.append(f"unknown filesystem {fs!r}")
-                    continue
-                for group in args.groups:
-                    _guard(
-                        ctx,
-                        f"{fs} {group}",
-                        lambda spec=spec, group=group: RUNNERS[group](ctx, spec),
-                    )
-                if fs in ctx.peak_rss:
-                    from bench.harness.meter import Sample
-
-                    ctx.add(fs, "daemon_peak_rss", [(ctx.peak_rss[fs] / MiB, Sample())], "MiB")
+            # Every ceiling is measured again in each block, beside the workloads it is the
+            # ceiling of (the local ones go through no latency): the machine's state drifts
+            # over a half-hour run. rounds.py says which groups are interleaved with theirs.
+            for group in args.groups:
+                rounds.run_group(
+                    ctx, group, run_specs, local_root, lambda what, fn: _guard(ctx, what, fn)
+                )
+            for spec in run_specs:
+                if spec.name in ctx.peak_rss:
+                    rss = ctx.peak_rss[spec.name] / MiB
+                    ctx.add(spec.name, "daemon_peak_rss", [(rss, Sample())], "MiB")
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")
@@ -246,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "dirty": dirty,
             "repeat": args.repeat,
             "seq_repeat": args.seq_repeat,
+            # seq and write rounds alternate ceilings and filesystems (bench/compare/rounds.py)
+            "interleaved": list(rounds.PAIRED),
             "latencies_ms": args.latencies,
             "groups": args.groups,
             "filesystems": args.fs,

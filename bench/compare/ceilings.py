@@ -4,6 +4,7 @@ over a local copy gives (the Python-FUSE ceiling for a perfect cache)."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,8 +25,10 @@ def _repeat(ctx: Ctx, fn: Any, n: int | None = None) -> list[tuple[float, Sample
     return [fn() for _ in range(n or ctx.args.repeat)]
 
 
-def boto3_get(ctx: Ctx) -> None:
-    """Single-stream GET of the 1 GiB object, and the best of 4/8/16 parallel 8 MiB ranges."""
+def boto3_get_round(ctx: Ctx, round_no: int) -> None:
+    """One round of the GET ceilings: a single-stream GET of the 1 GiB object (in the first
+    `--repeat` rounds), and one pass each of 4, 8 and 16 parallel 8 MiB ranged GETs; the
+    ceiling is the thread count with the best median over the rounds so far."""
     size = ctx.data.big_size
 
     def single() -> Sample:
@@ -38,11 +41,9 @@ def boto3_get(ctx: Ctx) -> None:
         assert total == size
         return Sample(bytes=total, seconds=time.perf_counter() - t0)
 
-    def m_single() -> tuple[float, Sample]:
+    if round_no < ctx.args.repeat:
         s = ctx.measure("boto3 single GET", single)
-        return s.mbps, s
-
-    ctx.add("ceiling", "boto3_single_get", _repeat(ctx, m_single), "MB/s")
+        ctx.add("ceiling", "boto3_single_get", [(s.mbps, s)], "MB/s")
 
     def ranged(threads: int) -> Sample:
         def get(off: int) -> int:
@@ -59,16 +60,22 @@ def boto3_get(ctx: Ctx) -> None:
         assert total == size
         return Sample(bytes=total, seconds=elapsed, extra={"threads": threads})
 
-    best: list[tuple[float, Sample]] = []
-    by_threads = {}
+    by_threads: dict[int, list[tuple[float, Sample]]] = ctx.stash.setdefault(
+        ("boto3_ranged", ctx.latency), {}
+    )
     for threads in (4, 8, 16):
-        runs = [ctx.measure(f"boto3 ranged x{threads}", lambda t=threads: ranged(t))]
-        runs += [ranged(threads) for _ in range(ctx.args.seq_repeat - 1)]
-        rates = sorted(s.mbps for s in runs)
-        by_threads[threads] = round(rates[len(rates) // 2], 1)
-        if not best or by_threads[threads] > best[0][0]:
-            best = [(by_threads[threads], runs[0])]
-    ctx.add("ceiling", "boto3_ranged_best", best, "MB/s", by_threads=by_threads)
+        s = ctx.measure(f"boto3 ranged x{threads}", lambda t=threads: ranged(t))
+        by_threads.setdefault(threads, []).append((s.mbps, s))
+    medians = {t: statistics.median(v for v, _ in runs) for t, runs in by_threads.items()}
+    best = max(medians, key=lambda t: medians[t])
+    ctx.add(
+        "ceiling",
+        "boto3_ranged_best",
+        by_threads[best],
+        "MB/s",
+        replace=True,
+        by_threads={t: round(m, 1) for t, m in medians.items()},
+    )
 
 
 def boto3_small(ctx: Ctx) -> None:
@@ -101,9 +108,10 @@ def boto3_small(ctx: Ctx) -> None:
         ctx.add("ceiling", f"boto3_small_get_{conc}", _repeat(ctx, m), "files/s")
 
 
-def boto3_writes(ctx: Ctx, local_big: Path) -> None:
-    """boto3 multipart upload of 1 GiB (upload_file, 8 MiB parts, 10 threads: boto3's
-    defaults) and serial PUTs of 64 KiB objects."""
+def write_round(ctx: Ctx, local_big: Path, round_no: int) -> None:
+    """One round of the write ceilings: a boto3 multipart upload of 1 GiB (upload_file, 8 MiB
+    parts, 10 threads: boto3's defaults) and, in the first `--repeat` rounds, serial PUTs of
+    64 KiB objects."""
     from boto3.s3.transfer import TransferConfig
 
     cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB)
@@ -119,7 +127,9 @@ def boto3_writes(ctx: Ctx, local_big: Path) -> None:
             ctx.client.delete_object(Bucket=BUCKET, Key="ceil/mpu.bin")
         return s.mbps, s
 
-    ctx.add("ceiling", "boto3_multipart_1g", _repeat(ctx, mpu, ctx.args.seq_repeat), "MB/s")
+    ctx.add("ceiling", "boto3_multipart_1g", [mpu()], "MB/s")
+    if round_no >= ctx.args.repeat:
+        return
 
     body = b"x" * (64 * KiB)
 
@@ -140,7 +150,7 @@ def boto3_writes(ctx: Ctx, local_big: Path) -> None:
             delete_prefix(ctx.client, "ceil/puts/")
         return s.ops / s.seconds, s
 
-    ctx.add("ceiling", "boto3_serial_put_64k", _repeat(ctx, puts), "files/s")
+    ctx.add("ceiling", "boto3_serial_put_64k", [puts()], "files/s")
 
 
 def boto3_list(ctx: Ctx) -> None:
@@ -164,59 +174,61 @@ def boto3_list(ctx: Ctx) -> None:
     ctx.add("ceiling", "boto3_list", _repeat(ctx, m), "s")
 
 
-def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
-    """A plain local file read after drop_caches and warm; the passthrough with and without
-    keep_cache (first read after drop_caches, page-cache re-read) and its listing."""
+def _passthrough(ctx: Ctx, local_root: Path, keep: bool) -> Mount:
+    mnt = ctx.fresh("pt")
+    return ctx.start(
+        passthrough_mount(local_root, mnt, ctx.work / f"pt-{mnt.name}.log", keep_cache=keep)
+    )
+
+
+def seq_round(ctx: Ctx, local_root: Path, round_no: int) -> None:
+    """One round of the read ceilings: a plain local file read after drop_caches and warm;
+    the passthrough's first read without and with keep_cache and, with it, its page-cache
+    re-reads; then the GET ceilings (boto3_get_round)."""
     size = ctx.data.big_size
     big_path = local_root / BIG_KEY
-    if big:
-        cold, warm = [], []
-        for _ in range(ctx.args.seq_repeat):
+    s = ctx.measure(
+        "local read cold", lambda: ops.sequential_read(big_path, BIG_KEY, size), drop=True
+    )
+    ctx.add("ceiling", "local_read_cold", [(s.mbps, s)], "MB/s")
+    s = ctx.measure("local read warm", lambda: ops.sequential_read(big_path, BIG_KEY, size))
+    ctx.add("ceiling", "local_read_warm", [(s.mbps, s)], "MB/s")
+    firsts: list[tuple[float, Sample]] = []
+    for keep in (False, True):
+        m = _passthrough(ctx, local_root, keep)
+        try:
+            path = m.path / BIG_KEY
             s = ctx.measure(
-                "local read cold", lambda: ops.sequential_read(big_path, BIG_KEY, size), drop=True
+                "passthrough read",
+                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
+                mount=m,
+                drop=True,
             )
-            cold.append((s.mbps, s))
-            s = ctx.measure("local read warm", lambda: ops.sequential_read(big_path, BIG_KEY, size))
-            warm.append((s.mbps, s))
-        ctx.add("ceiling", "local_read_cold", cold, "MB/s")
-        ctx.add("ceiling", "local_read_warm", warm, "MB/s")
-
-    firsts_nokeep, firsts_keep, rereads = [], [], []
-    list_cold, list_warm = [], []
-
-    def mounted(keep: bool) -> Mount:
-        mnt = ctx.fresh("pt")
-        return ctx.start(
-            passthrough_mount(local_root, mnt, ctx.work / f"pt-{mnt.name}.log", keep_cache=keep)
-        )
-
-    # The reads first, the listings after them: a read right after a scan of 10,000 entries
-    # through FUSE (and drop_caches) ran at 300-700 instead of 800-1000 MB/s, which made the
-    # keep_cache first reads (always measured after the scan) a low ceiling.
-    for _ in range(ctx.args.seq_repeat if big else 0):
-        for keep in (False, True):
-            m = mounted(keep)
-            try:
-                path = m.path / BIG_KEY
+            firsts.append((s.mbps, s))
+            ctx.add(
+                "ceiling", f"passthrough_first_{'keep' if keep else 'nokeep'}", firsts[-1:], "MB/s"
+            )
+            rereads = []
+            for _ in range(PAGE_CACHE_PASSES if keep else 0):
                 s = ctx.measure(
-                    "passthrough read",
+                    "passthrough re-read",
                     lambda p=path: ops.sequential_read(p, BIG_KEY, size),
                     mount=m,
-                    drop=True,
                 )
-                (firsts_keep if keep else firsts_nokeep).append((s.mbps, s))
-                if keep:
-                    for _ in range(PAGE_CACHE_PASSES):
-                        s = ctx.measure(
-                            "passthrough re-read",
-                            lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                            mount=m,
-                        )
-                        rereads.append((s.mbps, s))
-            finally:
-                ctx.release(m)
-    for _ in range(ctx.args.repeat if listing else 0):
-        m = mounted(False)
+                rereads.append((s.mbps, s))
+            ctx.add("ceiling", "passthrough_keep_reread", rereads, "MB/s")
+        finally:
+            ctx.release(m)
+    # Until the second open keep_cache changes nothing: both first reads are pooled.
+    ctx.add("ceiling", "passthrough_first", firsts, "MB/s")
+    boto3_get_round(ctx, round_no)
+
+
+def local_listing(ctx: Ctx, local_root: Path) -> None:
+    """The passthrough's scandir + lstat of the 10,000-key prefix, cold and warm."""
+    list_cold, list_warm = [], []
+    for _ in range(ctx.args.repeat):
+        m = _passthrough(ctx, local_root, False)
         try:
             d = m.path / LIST_PREFIX.rstrip("/")
             s = ctx.measure(
@@ -234,12 +246,5 @@ def local(ctx: Ctx, local_root: Path, *, big: bool, listing: bool) -> None:
             list_warm.append((s.seconds, s))
         finally:
             ctx.release(m)
-    if big:
-        ctx.add("ceiling", "passthrough_first_nokeep", firsts_nokeep, "MB/s")
-        ctx.add("ceiling", "passthrough_first_keep", firsts_keep, "MB/s")
-        # Until the second open keep_cache changes nothing: pool both first reads.
-        ctx.add("ceiling", "passthrough_first", firsts_nokeep + firsts_keep, "MB/s")
-        ctx.add("ceiling", "passthrough_keep_reread", rereads, "MB/s")
-    if listing:
-        ctx.add("ceiling", "passthrough_list_cold", list_cold, "s")
-        ctx.add("ceiling", "passthrough_list_warm", list_warm, "s")
+    ctx.add("ceiling", "passthrough_list_cold", list_cold, "s")
+    ctx.add("ceiling", "passthrough_list_warm", list_warm, "s")

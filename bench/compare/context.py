@@ -105,7 +105,16 @@ class Ctx:
     failures: list[str] = field(default_factory=list)
     options: dict[str, str] = field(default_factory=dict)
     trash: list[Path] = field(default_factory=list)  # scratch directories removed at the end
+    stash: dict[Any, Any] = field(default_factory=dict)  # a ceiling's state across rounds
+    _runs: dict[tuple[str, str, float | None], list[tuple[float, Sample]]] = field(
+        default_factory=dict
+    )
     _counter: int = 0
+
+    @property
+    def recorded(self) -> set[tuple[str, str, float | None]]:
+        """(fs, workload, latency) of every row recorded so far."""
+        return set(self._runs)
 
     @property
     def latency(self) -> float:
@@ -201,27 +210,39 @@ class Ctx:
         unit: str,
         *,
         latency: bool = True,
+        replace: bool = False,
         **extra: Any,
     ) -> None:
-        """Record the median of the repeats of one workload."""
+        """Record runs of one workload; its row holds the median of every run recorded so far
+        in this latency block. The interleaved rounds (bench/compare/rounds.py) add one run per
+        round to the same row; `replace` starts the row's runs over (a best-of ceiling)."""
         if not values:
             return
-        ordered = sorted(values, key=lambda v: v[0])
-        value, sample = ordered[(len(ordered) - 1) // 2] if len(ordered) > 1 else ordered[0]
-        if len(ordered) % 2 == 0 and len(ordered) > 1:
+        lat = self.latency if latency else None
+        key = (fs, workload, lat)
+        runs = list(values) if replace else self._runs.get(key, []) + list(values)
+        self._runs[key] = runs
+        ordered = sorted(runs, key=lambda v: v[0])
+        value, sample = ordered[(len(ordered) - 1) // 2]
+        if len(ordered) % 2 == 0:
             value = statistics.median(v for v, _ in ordered)
         row = {
             "fs": fs,
             "workload": workload,
-            "latency_ms": self.latency if latency else None,
+            "latency_ms": lat,
             "value": round(value, 4),
             "unit": unit,
-            "runs": [round(v, 3) for v, _ in values],
+            "runs": [round(v, 3) for v, _ in runs],
             "sample": sample.summary(),
             **extra,
         }
-        self.results.append(row)
-        log(f"{fs:11s} {workload:26s} {row['latency_ms']} ms: {value:.4g} {unit} {row['runs']}")
+        for i, old in enumerate(self.results):
+            if (old["fs"], old["workload"], old["latency_ms"]) == key:
+                self.results[i] = row
+                break
+        else:
+            self.results.append(row)
+        log(f"{fs:11s} {workload:26s} {lat} ms: {value:.4g} {unit} {row['runs']}")
 
 
 CUMULATIVE = frozenset(

@@ -274,7 +274,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{meta['cpus']} CPUs, kernel {meta['kernel']}, commit {meta['commit']}"
         f"{' (dirty)' if meta['dirty'] else ''}, {meta['repeat']} run(s) per workload "
         f"({meta.get('seq_repeat', meta['repeat'])} for the sequential reads, the 1 GiB "
-        "write and their ceilings; medians), "
+        "write and their ceilings; medians"
+        f"{', measured as interleaved rounds' if meta.get('interleaved') else ''}), "
         f"wall time {meta.get('wall_seconds', 0):.0f} s; command: `{meta['command']}`",
         "",
         "Values: MB/s, files/s, IOPS (higher is better) or seconds / MiB (marked, lower is "

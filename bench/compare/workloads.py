@@ -1,4 +1,5 @@
-"""The workloads of issue 5, run on one filesystem (wsfuse or a peer) at a time.
+"""The workloads of issue 5, run on one filesystem (wsfuse or a peer) at a time; `sequential`
+and `writes` do one round each (bench/compare/rounds.py interleaves them with the ceilings).
 
 Every cold workload starts from a fresh mount on an empty cache directory after drop_caches;
 every workload is bounded (`--timeout` aborts the FUSE connection, small-file and create
@@ -26,50 +27,48 @@ def _mount(ctx: Ctx, spec: FsSpec, cache: Path) -> Mount:
     return ctx.start(spec.make(mnt, cache, ctx.work / f"{mnt.name}.log"))
 
 
-def sequential(ctx: Ctx, spec: FsSpec) -> None:
-    """Cold read (fresh mount, empty cache), page-cache re-read (same mount, reopened),
-    disk-cache re-read (new mount on the same cache, drop_caches)."""
+def sequential(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
+    """One round: cold read (fresh mount, empty cache), page-cache re-reads (same mount,
+    reopened), disk-cache re-read (new mount on the same cache, drop_caches)."""
+    del round_no  # every round is the same
     size = ctx.data.big_size
     cold, page, disk = [], [], []
+    cache = ctx.fresh(f"cache-{spec.name}")
     try:
-        for _ in range(ctx.args.seq_repeat):
-            cache = ctx.fresh(f"cache-{spec.name}")
-            try:
-                m = _mount(ctx, spec, cache)
-                try:
-                    path = m.path / BIG_KEY
-                    s = ctx.measure(
-                        f"{spec.name} cold read",
-                        lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                        mount=m,
-                        drop=True,
-                    )
-                    cold.append((s.mbps, s))
-                    # As many passes as the passthrough's keep_cache ceiling, same median.
-                    for _ in range(PAGE_CACHE_PASSES):
-                        s = ctx.measure(
-                            f"{spec.name} page-cache re-read",
-                            lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                            mount=m,
-                        )
-                        page.append((s.mbps, s))
-                finally:
-                    ctx.release(m)
-                m = _mount(ctx, spec, cache)
-                try:
-                    path = m.path / BIG_KEY
-                    s = ctx.measure(
-                        f"{spec.name} disk-cache re-read",
-                        lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                        mount=m,
-                        drop=True,
-                    )
-                    disk.append((s.mbps, s))
-                finally:
-                    ctx.release(m)
-            finally:
-                ctx.remove(cache)
+        m = _mount(ctx, spec, cache)
+        try:
+            path = m.path / BIG_KEY
+            s = ctx.measure(
+                f"{spec.name} cold read",
+                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
+                mount=m,
+                drop=True,
+            )
+            cold.append((s.mbps, s))
+            # As many passes as the passthrough's keep_cache ceiling, same median.
+            for _ in range(PAGE_CACHE_PASSES):
+                s = ctx.measure(
+                    f"{spec.name} page-cache re-read",
+                    lambda p=path: ops.sequential_read(p, BIG_KEY, size),
+                    mount=m,
+                )
+                page.append((s.mbps, s))
+        finally:
+            ctx.release(m)
+        m = _mount(ctx, spec, cache)
+        try:
+            path = m.path / BIG_KEY
+            s = ctx.measure(
+                f"{spec.name} disk-cache re-read",
+                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
+                mount=m,
+                drop=True,
+            )
+            disk.append((s.mbps, s))
+        finally:
+            ctx.release(m)
     finally:  # what was measured counts even if a later step failed
+        ctx.remove(cache)
         ctx.add(spec.name, "seq_cold", cold, "MB/s")
         ctx.add(spec.name, "seq_page_reread", page, "MB/s")
         ctx.add(spec.name, "seq_disk_reread", disk, "MB/s")
@@ -174,88 +173,82 @@ def listing(ctx: Ctx, spec: FsSpec) -> None:
         ctx.add(spec.name, "list_warm", warm, "s")
 
 
-def writes(ctx: Ctx, spec: FsSpec) -> None:
-    """1 GiB sequential write (until close; until in the bucket), 1 GiB to a temporary name +
-    rename (until the rename returns; until the final object is in the bucket), and
-    `--creates` x 64 KiB files by one writer (until closed; until all are listed)."""
+def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
+    """One round: a 1 GiB sequential write (until close; until in the bucket) and, in the
+    first `--repeat` rounds, 1 GiB to a temporary name + rename (until the rename returns;
+    until the final object is in the bucket) and `--creates` x 64 KiB files by one writer
+    (until closed; until all are listed)."""
     size = ctx.data.big_size
     poller = Poller(ctx.client)
     res: dict[str, list] = {
         k: [] for k in ("close", "bucket", "rn_close", "rn_bucket", "cr", "crl")
     }
+    # Names unique to this round: a peer that uploads late (rclone's write-back) can leave an
+    # object behind that would make the next round's mkdir fail.
+    run = f"{spec.name}-{ctx.latency:g}ms-{round_no}"
+    cache = ctx.fresh(f"cache-{spec.name}")
     try:
-        for rep in range(ctx.args.repeat):
-            # Names unique to this pass: a peer that uploads late (rclone's write-back) can
-            # leave an object behind that would make the next pass's mkdir fail.
-            run = f"{spec.name}-{ctx.latency:g}ms-{rep}"
-            cache = ctx.fresh(f"cache-{spec.name}")
-            try:
-                m = _mount(ctx, spec, cache)
-                try:
-                    key = f"w-{run}/ckpt.bin"
-                    os.mkdir(m.path / key.split("/")[0])
-                    # The 1 GiB write decides issue 4's ratio: as many passes in all as the
-                    # sequential reads (3 even in --quick), each to a new name.
-                    for i in range(max(1, ctx.args.seq_repeat // ctx.args.repeat)):
-                        # until close, and until the object is in the bucket, in one pass
-                        s = ctx.measure(
-                            f"{spec.name} write 1 GiB",
-                            partial(
-                                _write_and_wait, m, poller, f"{key}.{i}", size, ctx.args.timeout
-                            ),
-                            mount=m,
-                            poller=poller,
-                        )
-                        res["close"].append((size / s.extra["close_s"] / 1e6, s))
-                        res["bucket"].append((s.mbps, s))
-                        with ctx.server.no_latency():
-                            ctx.client.delete_object(Bucket=BUCKET, Key=f"{key}.{i}")
-                    tmp = f"w-{run}/ckpt.tmp"
-                    final = f"w-{run}/ckpt-final.bin"
-                    s = ctx.measure(
-                        f"{spec.name} write 1 GiB + rename",
-                        partial(
-                            _write_rename_and_wait, m, poller, tmp, final, size, ctx.args.timeout
-                        ),
-                        mount=m,
-                        poller=poller,
-                    )
-                    res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
-                    res["rn_bucket"].append((s.mbps, s))
-                    with ctx.server.no_latency():
-                        delete_prefix(ctx.client, key.split("/")[0] + "/")
-                    d = f"c-{run}"
-                    os.mkdir(m.path / d)
-                    s = ctx.measure(
-                        f"{spec.name} creates",
-                        partial(_create_and_wait, ctx, m, poller, d),
-                        mount=m,
-                        poller=poller,
-                    )
-                    res["cr"].append((s.ops / s.extra["close_s"], s))
-                    res["crl"].append((s.ops / s.seconds, s))
-                    with ctx.server.no_latency():
-                        delete_prefix(ctx.client, d + "/")
-                        ctx.client.delete_object(Bucket=BUCKET, Key=d + "/")
-                        ctx.client.delete_object(Bucket=BUCKET, Key=key.split("/")[0] + "/")
-                finally:
-                    ctx.release(m)
-            finally:
-                try:
-                    with ctx.server.no_latency():  # what a peer uploaded after the deletes above
-                        for prefix in (f"w-{run}/", f"c-{run}/"):
-                            delete_prefix(ctx.client, prefix)
-                except Exception as exc:  # never hide the workload's own error
-                    log(f"cleaning up {run}: {exc}")
-                finally:
-                    ctx.remove(cache)
-    finally:  # what was measured counts even if a later step failed
-        ctx.add(spec.name, "write_1g_close", res["close"], "MB/s")
-        ctx.add(spec.name, "write_1g_bucket", res["bucket"], "MB/s")
-        ctx.add(spec.name, "write_tmp_rename_close", res["rn_close"], "MB/s")
-        ctx.add(spec.name, "write_tmp_rename_bucket", res["rn_bucket"], "MB/s")
-        ctx.add(spec.name, "create_64k_closed", res["cr"], "files/s")
-        ctx.add(spec.name, "create_64k_listed", res["crl"], "files/s")
+        m = _mount(ctx, spec, cache)
+        try:
+            key = f"w-{run}/ckpt.bin"
+            os.mkdir(m.path / key.split("/")[0])
+            # until close, and until the object is in the bucket, in one pass
+            s = ctx.measure(
+                f"{spec.name} write 1 GiB",
+                partial(_write_and_wait, m, poller, key, size, ctx.args.timeout),
+                mount=m,
+                poller=poller,
+            )
+            res["close"].append((size / s.extra["close_s"] / 1e6, s))
+            res["bucket"].append((s.mbps, s))
+            with ctx.server.no_latency():
+                ctx.client.delete_object(Bucket=BUCKET, Key=key)
+            if round_no < ctx.args.repeat:
+                tmp = f"w-{run}/ckpt.tmp"
+                final = f"w-{run}/ckpt-final.bin"
+                s = ctx.measure(
+                    f"{spec.name} write 1 GiB + rename",
+                    partial(_write_rename_and_wait, m, poller, tmp, final, size, ctx.args.timeout),
+                    mount=m,
+                    poller=poller,
+                )
+                res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
+                res["rn_bucket"].append((s.mbps, s))
+                with ctx.server.no_latency():
+                    delete_prefix(ctx.client, key.split("/")[0] + "/")
+                d = f"c-{run}"
+                os.mkdir(m.path / d)
+                s = ctx.measure(
+                    f"{spec.name} creates",
+                    partial(_create_and_wait, ctx, m, poller, d),
+                    mount=m,
+                    poller=poller,
+                )
+                res["cr"].append((s.ops / s.extra["close_s"], s))
+                res["crl"].append((s.ops / s.seconds, s))
+                with ctx.server.no_latency():
+                    delete_prefix(ctx.client, d + "/")
+                    ctx.client.delete_object(Bucket=BUCKET, Key=d + "/")
+            with ctx.server.no_latency():
+                ctx.client.delete_object(Bucket=BUCKET, Key=key.split("/")[0] + "/")
+        finally:
+            ctx.release(m)
+    finally:
+        try:
+            with ctx.server.no_latency():  # what a peer uploaded after the deletes above
+                for prefix in (f"w-{run}/", f"c-{run}/"):
+                    delete_prefix(ctx.client, prefix)
+        except Exception as exc:  # never hide the workload's own error
+            log(f"cleaning up {run}: {exc}")
+        finally:
+            ctx.remove(cache)
+            # what was measured counts even if a later step failed
+            ctx.add(spec.name, "write_1g_close", res["close"], "MB/s")
+            ctx.add(spec.name, "write_1g_bucket", res["bucket"], "MB/s")
+            ctx.add(spec.name, "write_tmp_rename_close", res["rn_close"], "MB/s")
+            ctx.add(spec.name, "write_tmp_rename_bucket", res["rn_bucket"], "MB/s")
+            ctx.add(spec.name, "create_64k_closed", res["cr"], "files/s")
+            ctx.add(spec.name, "create_64k_listed", res["crl"], "files/s")
 
 
 def _write_and_wait(m: Mount, poller: Poller, key: str, size: int, timeout: float):
