@@ -30,6 +30,7 @@ from bench.compare.context import Ctx, OutOfTime
 from bench.compare.data import DataSets, local_copies, seed_all
 from bench.compare.filesystems import specs, versions
 from bench.compare.report import finish
+from bench.harness import settle
 from bench.harness.env import MiB, log, parse_size
 from bench.harness.gitstate import git_state
 from bench.harness.meter import Sample
@@ -80,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--budget",
         type=float,
         help="minutes for the whole run; then skip the rest (default 150, --quick 22)",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=settle.WINDOW,
+        help="s to wait at most for ext4's recently-deleted-inode window after the previous "
+        "run's clean-up (bench/harness/settle.py; default 360, 0: do not wait)",
     )
     p.add_argument(
         "--workdir", type=Path, help="scratch directory (default: a temp dir in /var/tmp)"
@@ -144,9 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run: run as root (mounts, drop_caches, read_ahead_kb)", file=sys.stderr)
         return 2
-    started = time.time()
     skipped: list[str] = []
     ensure_tools(args, skipped)
+    settled = settle.settle(
+        args.settle,
+        lambda s: log(
+            f"waiting {s:.0f} s for ext4 to stop counting the previous run's deleted "
+            "files as recent (--settle, bench/harness/settle.py)"
+        ),
+    )
+    started = time.time()
     data = DataSets(big_size=args.size, small_count=args.small_count, list_count=args.list_count)
     g = set(args.groups)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wsfuse-bench-run-", dir="/var/tmp"))
@@ -205,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         if not args.keep_workdir and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
+        settle.mark_cleanup()
     if ctx is None:
         return 1
     commit, dirty = git_state()
@@ -241,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped": skipped,
             "failures": ctx.failures + (["interrupted (partial result)"] if interrupted else []),
             "wall_seconds": round(time.time() - started, 1),
+            "settled_s": round(settled, 1),  # waited before the start, see settle.py
         },
         "rows": ctx.results,
     }
