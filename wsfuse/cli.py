@@ -304,6 +304,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if ok else EXIT_PROBLEM
 
 
+def mount_config(args: argparse.Namespace, uri: StorageURI) -> MountConfig:
+    """The mount's settings from its parsed flags (`-o` options already expanded)."""
+    return MountConfig(
+        cache_dir=args.cache_dir or cache_dir_for(uri, default_cache_root()),
+        cache_size=args.cache_size,
+        min_free=args.min_free,
+        cache_written_max=args.cache_written_max,
+        metadata_ttl=args.metadata_ttl,
+        uid=args.uid,
+        gid=args.gid,
+        file_mode=args.file_mode,
+        dir_mode=args.dir_mode,
+        read_only=args.read_only,
+        allow_other=args.allow_other,
+    )
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from wsfuse import mount  # noqa: PLC0415 - pyfuse3 and trio only when mounting
 
@@ -322,19 +339,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     uri, backend = open_storage(args)
     try:
         backend.check_bucket()
-        config = MountConfig(
-            cache_dir=args.cache_dir or cache_dir_for(uri, default_cache_root()),
-            cache_size=args.cache_size,
-            min_free=args.min_free,
-            cache_written_max=args.cache_written_max,
-            metadata_ttl=args.metadata_ttl,
-            uid=args.uid,
-            gid=args.gid,
-            file_mode=args.file_mode,
-            dir_mode=args.dir_mode,
-            read_only=args.read_only,
-            allow_other=args.allow_other,
-        )
+        config = mount_config(args, uri)
         log.info("cache directory %s (budget %s)", config.cache_dir, format_size(config.cache_size))
         mount.run_foreground(backend, config, mountpoint, str(uri))
     finally:
@@ -404,20 +409,27 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """`argv` (without the program name) parsed: `-o` options expanded into their flags,
+    `mount`'s positionals collected wherever they stand. Raises UserError or exits (argparse)."""
     parser = build_parser()
+    expanded = expand_o_options(parser, argv)
+    # Positionals may follow options (`mount URI --endpoint-url X MOUNTPOINT`), which
+    # argparse cannot match itself: collect the stray ones for `mount`.
+    args, extra = parser.parse_known_args(expanded)
+    stray = [a for a in extra if not a.startswith("-")]
+    if args.command == "mount" and stray:
+        args.args += stray
+        extra = [a for a in extra if a.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.argv = expanded
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        expanded = expand_o_options(parser, sys.argv[1:] if argv is None else argv)
-        # Positionals may follow options (`mount URI --endpoint-url X MOUNTPOINT`), which
-        # argparse cannot match itself: collect the stray ones for `mount`.
-        args, extra = parser.parse_known_args(expanded)
-        stray = [a for a in extra if not a.startswith("-")]
-        if args.command == "mount" and stray:
-            args.args += stray
-            extra = [a for a in extra if a.startswith("-")]
-        if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.argv = expanded
+        args = parse_command_line(sys.argv[1:] if argv is None else argv)
     except UserError as exc:
         print(f"wsfuse: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,71 @@
+"""wsfuse mount's flags and their `-o` spellings reach MountConfig (cli.mount_config), and the
+flags a user leaves out keep the documented defaults (config.DEFAULTS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wsfuse.cachedir import cache_dir_for, default_cache_root
+from wsfuse.cli import mount_config, parse_command_line
+from wsfuse.config import DEFAULTS, GiB, MiB, MountConfig
+from wsfuse.storage_uri import parse_uri
+
+URI = parse_uri("s3://bucket/prefix")
+
+
+def config_of(*argv: str) -> MountConfig:
+    return mount_config(parse_command_line(["mount", "s3://bucket/prefix", *argv]), URI)
+
+
+def test_defaults_when_no_flag_is_given() -> None:
+    config = config_of("/mnt/ws", "-f")
+    assert config.cache_dir == cache_dir_for(URI, default_cache_root())
+    for field in (
+        "cache_size",
+        "min_free",
+        "cache_written_max",
+        "metadata_ttl",
+        "uid",
+        "gid",
+        "file_mode",
+        "dir_mode",
+        "read_only",
+        "allow_other",
+    ):
+        assert getattr(config, field) == getattr(DEFAULTS, field), field
+
+
+def test_long_flags_reach_the_config(tmp_path: Path) -> None:
+    config = config_of(
+        "/mnt/ws",
+        "--cache-dir", str(tmp_path),
+        "--cache-size", "2G",
+        "--min-free", "512M",
+        "--cache-written-max", "0",
+        "--metadata-ttl", "0",
+        "--uid", "1234",
+        "--gid", "4321",
+        "--file-mode", "600",
+        "--dir-mode", "700",
+        "--read-only",
+        "--allow-other",
+    )  # fmt: skip
+    assert config.cache_dir == tmp_path
+    assert (config.cache_size, config.min_free, config.cache_written_max) == (2 * GiB, 512 * MiB, 0)
+    assert (config.metadata_ttl, config.uid, config.gid) == (0, 1234, 4321)
+    assert (config.file_mode, config.dir_mode) == (0o600, 0o700)
+    assert config.read_only and config.allow_other
+
+
+@pytest.mark.parametrize("spelling", ["cache_written_max", "cache-written-max"])
+def test_o_options_in_either_spelling_reach_the_config(spelling: str, tmp_path: Path) -> None:
+    config = config_of(
+        "-o", f"{spelling}=1M,metadata_ttl=5,cache-size=3G,ro,cache_dir={tmp_path}", "/mnt/ws"
+    )
+    assert config.cache_written_max == MiB
+    assert config.metadata_ttl == 5
+    assert config.cache_size == 3 * GiB
+    assert config.cache_dir == tmp_path
+    assert config.read_only
