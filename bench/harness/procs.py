@@ -130,9 +130,12 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 20) -> Non
 
 
 def sigterm_as_interrupt() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so `finally` blocks unmount and stop what we started."""
+    """Make SIGTERM and SIGINT unwind like Ctrl-C, so `finally` blocks unmount and stop what
+    we started. SIGINT too: a run started in the background by a non-interactive shell
+    inherits SIGINT ignored, and Python then installs no handler for it."""
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
