@@ -112,6 +112,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [g for g in args.groups if g not in GROUPS]
     if bad:
         p.error(f"unknown workload group(s) {bad}; choose from {GROUPS}")
+    args.groups = [g for g in GROUPS if g in args.groups]  # always in this order
     args.fs = [f.strip() for f in args.peers.split(",") if f.strip()]
     return args
 
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run: run as root (mounts, drop_caches, read_ahead_kb)", file=sys.stderr)
         return 2
+    sigterm_as_interrupt()  # before the wait below, which may take minutes
     skipped: list[str] = []
     ensure_tools(args, skipped)
     settled = settle.settle(
@@ -169,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(work / "s3server.log", tls=use_tls(work) if args.tls else None)
     ctx: Ctx | None = None
     interrupted = False
-    sigterm_as_interrupt()
     try:
         server.start()
         log(f"S3 server pid {server.pid} at {server.url}; workdir {work}")
@@ -202,14 +203,16 @@ def main(argv: list[str] | None = None) -> int:
             # Every ceiling is measured again in each block, beside the workloads it is the
             # ceiling of (the local ones go through no latency): the machine's state drifts
             # over a half-hour run. rounds.py says which groups are interleaved with theirs.
-            for group in args.groups:
-                rounds.run_group(
-                    ctx, group, run_specs, local_root, lambda what, fn: _guard(ctx, what, fn)
-                )
-            for spec in run_specs:
-                if spec.name in ctx.peak_rss:
-                    rss = ctx.peak_rss[spec.name] / MiB
-                    ctx.add(spec.name, "daemon_peak_rss", [(rss, Sample())], "MiB")
+            try:
+                for group in args.groups:
+                    rounds.run_group(
+                        ctx, group, run_specs, local_root, lambda what, fn: _guard(ctx, what, fn)
+                    )
+            finally:  # also for a block cut short: what the mounts so far reached
+                for spec in run_specs:
+                    if spec.name in ctx.peak_rss:
+                        rss = ctx.peak_rss[spec.name] / MiB
+                        ctx.add(spec.name, "daemon_peak_rss", [(rss, Sample())], "MiB")
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: cleaning up")
@@ -220,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         if not args.keep_workdir and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
-        settle.mark_cleanup()
+        if ctx is not None:  # it created and deleted files
+            settle.mark_cleanup()
     if ctx is None:
         return 1
     commit, dirty = git_state()
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "repeat": args.repeat,
             "seq_repeat": args.seq_repeat,
             # seq and write rounds alternate ceilings and filesystems (bench/compare/rounds.py)
-            "interleaved": list(rounds.PAIRED),
+            "interleaved": [g for g in args.groups if g in rounds.PAIRED],
             "latencies_ms": args.latencies,
             "groups": args.groups,
             "filesystems": args.fs,

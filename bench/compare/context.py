@@ -112,11 +112,6 @@ class Ctx:
     _counter: int = 0
 
     @property
-    def recorded(self) -> set[tuple[str, str, float | None]]:
-        """(fs, workload, latency) of every row recorded so far."""
-        return set(self._runs)
-
-    @property
     def latency(self) -> float:
         return self.server.latency_ms
 

@@ -7,8 +7,9 @@ block): measured ten minutes apart, the same code's cold read against the passth
 groups whose targets are ratios to a ceiling or a peer — the sequential reads and the 1 GiB
 write — run as interleaved rounds: one repetition of the ceilings, then one of each filesystem,
 again `seq_repeat` times, each round starting one place further along the list so that no one
-is always first (after the block's set-up) or always after the same neighbour. Each row is the
-median over its rounds, as before; the pairs it is divided by were measured in the same minutes.
+is always first after the block's set-up (the cyclic order, and so each one's neighbour, stays
+the same). Each row is the median over its rounds, as before; the pairs it is divided by were
+measured in the same minutes.
 The other groups run once per filesystem after their ceilings, as their targets are either
 absolute (RSS, traffic) or measured against ceilings that do not drift as much (LIST, small
 GETs at 20 ms latency).
@@ -54,14 +55,15 @@ def run_group(
     None and the group needs it, or with --no-ceilings)."""
     with_ceilings = not ctx.args.no_ceilings
     if group in PAIRED:
-        ceiling = _round_ceiling(group, local_root) if with_ceilings else None
+        steps = _round_ceilings(group, local_root) if with_ceilings else []
         by_name = {s.name: s for s in specs}
-        names = ([CEILING] if ceiling else []) + list(by_name)
+        names = ([CEILING] if steps else []) + list(by_name)
         for r, order in enumerate(rotations(names, ctx.args.seq_repeat)):
             for name in order:
                 if name == CEILING:
-                    assert ceiling is not None
-                    guard(f"{group} ceilings, round {r + 1}", lambda r=r: ceiling(ctx, r))
+                    # each ceiling its own step: a failed passthrough mount leaves the GETs
+                    for what, step in steps:
+                        guard(f"{what}, round {r + 1}", lambda step=step, r=r: step(ctx, r))
                 else:
                     spec = by_name[name]
                     guard(
@@ -75,17 +77,25 @@ def run_group(
         guard(f"{spec.name} {group}", lambda spec=spec: PER_FS[group](ctx, spec))
 
 
-def _round_ceiling(group: str, local_root: Path | None) -> Callable[[Ctx, int], None] | None:
-    if local_root is None:
-        return None
+def _round_ceilings(
+    group: str, local_root: Path | None
+) -> list[tuple[str, Callable[[Ctx, int], None]]]:
+    """The ceilings of one round of a paired group, as (name, step) pairs."""
     if group == "seq":
-        return lambda ctx, r: ceilings.seq_round(ctx, local_root, r)
-    return lambda ctx, r: ceilings.write_round(ctx, local_root / BIG_KEY, r)
+        steps: list[tuple[str, Callable[[Ctx, int], None]]] = []
+        if local_root is not None:
+            steps.append(("local ceilings", lambda ctx, r: ceilings.seq_round(ctx, local_root, r)))
+        return [*steps, ("boto3 GET ceilings", ceilings.boto3_get_round)]
+    if local_root is None:
+        return []
+    return [
+        ("boto3 write ceilings", lambda ctx, r: ceilings.write_round(ctx, local_root / BIG_KEY, r))
+    ]
 
 
 def _once_ceilings(ctx: Ctx, group: str, local_root: Path | None, guard: Guard) -> None:
-    if group == "random" and ("ceiling", "boto3_ranged_best", ctx.latency) not in ctx.recorded:
-        # the random 1 MiB reads' ceiling, when the sequential rounds did not measure it
+    if group == "random" and "seq" not in ctx.args.groups:
+        # the random 1 MiB reads' ceiling, when no sequential rounds measure it
         for r in range(ctx.args.seq_repeat):
             guard("boto3 GET ceilings", lambda r=r: ceilings.boto3_get_round(ctx, r))
     elif group == "small":

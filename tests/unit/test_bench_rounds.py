@@ -18,7 +18,8 @@ from bench.harness.meter import Sample
 
 
 def make_ctx(tmp_path: Path, **args: Any) -> Ctx:
-    ns = argparse.Namespace(**{"no_ceilings": False, "seq_repeat": 3, "repeat": 1, **args})
+    defaults = {"no_ceilings": False, "seq_repeat": 3, "repeat": 1, "groups": ["seq"]}
+    ns = argparse.Namespace(**{**defaults, **args})
     server = SimpleNamespace(latency_ms=20.0)
     return Ctx(ns, tmp_path, server, None, None, 0.0)  # type: ignore[arg-type]
 
@@ -44,7 +45,6 @@ def test_runs_added_round_by_round_make_one_row_with_their_median(tmp_path: Path
     assert rows[0]["sample"]["seconds"] == round(1 / 200, 4)  # the median run's sample
     ctx.add("wsfuse", "seq_cold", [(400.0, Sample())], "MB/s")
     assert ctx.results[0]["value"] == 250.0  # even count: the mean of the middle two
-    assert ("wsfuse", "seq_cold", 20.0) in ctx.recorded
 
 
 def test_a_row_is_per_latency_block_and_replace_starts_it_over(tmp_path: Path) -> None:
@@ -68,7 +68,9 @@ def trace_group(
         rounds.ROUND_RUNNERS, group, lambda ctx, spec, r: calls.append(f"{spec.name}:{r}")
     )
     monkeypatch.setattr(
-        rounds, "_round_ceiling", lambda g, root: lambda ctx, r: calls.append(f"ceiling:{r}")
+        rounds,
+        "_round_ceilings",
+        lambda g, root: [("ceilings", lambda ctx, r: calls.append(f"ceiling:{r}"))],
     )
     guarded: list[str] = []
 
@@ -113,3 +115,50 @@ def test_other_groups_run_once_per_filesystem_after_their_ceilings(
     specs = [SimpleNamespace(name="wsfuse"), SimpleNamespace(name="rclone")]
     rounds.run_group(make_ctx(tmp_path), "list", specs, tmp_path, lambda w, fn: fn())  # type: ignore[arg-type]
     assert calls == ["LIST", "passthrough", "wsfuse", "rclone"]
+
+
+def test_a_failed_local_ceiling_leaves_the_get_ceilings_of_its_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def broken_passthrough(ctx: Ctx, root: Path, r: int) -> None:
+        raise OSError("mount failed")
+
+    monkeypatch.setattr(rounds.ceilings, "seq_round", broken_passthrough)
+    monkeypatch.setattr(rounds.ceilings, "boto3_get_round", lambda ctx, r: calls.append(f"GET:{r}"))
+    monkeypatch.setitem(rounds.ROUND_RUNNERS, "seq", lambda ctx, spec, r: None)
+    failures: list[str] = []
+
+    def guard(what: str, fn: Callable[[], None]) -> None:  # as __main__._guard: record, go on
+        try:
+            fn()
+        except OSError:
+            failures.append(what)
+
+    rounds.run_group(make_ctx(tmp_path), "seq", [], tmp_path, guard)
+    assert calls == ["GET:0", "GET:1", "GET:2"]
+    assert failures == [f"local ceilings, round {r}" for r in (1, 2, 3)]
+
+
+def test_random_measures_the_get_ceilings_only_without_the_sequential_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(rounds.ceilings, "boto3_get_round", lambda ctx, r: calls.append(f"GET:{r}"))
+    monkeypatch.setitem(rounds.PER_FS, "random", lambda ctx, spec: calls.append(spec.name))
+    specs = [SimpleNamespace(name="wsfuse")]
+    for groups, expected in (
+        (["seq", "random"], ["wsfuse"]),
+        (["random"], ["GET:0", "GET:1", "GET:2", "wsfuse"]),
+    ):
+        calls.clear()
+        ctx = make_ctx(tmp_path, groups=groups)
+        rounds.run_group(ctx, "random", specs, tmp_path, lambda w, fn: fn())  # type: ignore[arg-type]
+        assert calls == expected, groups
+
+
+def test_groups_run_in_their_fixed_order_whatever_order_only_names_them() -> None:
+    from bench.compare.__main__ import parse_args
+
+    assert parse_args(["--only", "write,random,seq"]).groups == ["seq", "random", "write"]
