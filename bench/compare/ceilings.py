@@ -181,42 +181,38 @@ def _passthrough(ctx: Ctx, local_root: Path, keep: bool) -> Mount:
     )
 
 
+def big_read(
+    ctx: Ctx, what: str, path: Path, *, mount: Mount | None = None, drop: bool = False
+) -> tuple[float, Sample]:
+    """One measured sequential read of the 1 GiB object at `path`, as (MB/s, sample)."""
+    s = ctx.measure(
+        what, lambda: ops.sequential_read(path, BIG_KEY, ctx.data.big_size), mount=mount, drop=drop
+    )
+    return s.mbps, s
+
+
 def seq_round(ctx: Ctx, local_root: Path, round_no: int) -> None:
     """One round of the local read ceilings: a plain local file read after drop_caches and
     warm; the passthrough's first read without and with keep_cache and, with it, its
     page-cache re-reads (the GET ceilings are `boto3_get_round`)."""
     del round_no  # every round is the same
-    size = ctx.data.big_size
     big_path = local_root / BIG_KEY
-    s = ctx.measure(
-        "local read cold", lambda: ops.sequential_read(big_path, BIG_KEY, size), drop=True
-    )
-    ctx.add("ceiling", "local_read_cold", [(s.mbps, s)], "MB/s")
-    s = ctx.measure("local read warm", lambda: ops.sequential_read(big_path, BIG_KEY, size))
-    ctx.add("ceiling", "local_read_warm", [(s.mbps, s)], "MB/s")
+    cold = big_read(ctx, "local read cold", big_path, drop=True)
+    ctx.add("ceiling", "local_read_cold", [cold], "MB/s")
+    ctx.add("ceiling", "local_read_warm", [big_read(ctx, "local read warm", big_path)], "MB/s")
     firsts: list[tuple[float, Sample]] = []
     for keep in (False, True):
         m = _passthrough(ctx, local_root, keep)
         try:
             path = m.path / BIG_KEY
-            s = ctx.measure(
-                "passthrough read",
-                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                mount=m,
-                drop=True,
-            )
-            firsts.append((s.mbps, s))
+            firsts.append(big_read(ctx, "passthrough read", path, mount=m, drop=True))
             ctx.add(
                 "ceiling", f"passthrough_first_{'keep' if keep else 'nokeep'}", firsts[-1:], "MB/s"
             )
-            rereads = []
-            for _ in range(PAGE_CACHE_PASSES if keep else 0):
-                s = ctx.measure(
-                    "passthrough re-read",
-                    lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                    mount=m,
-                )
-                rereads.append((s.mbps, s))
+            rereads = [
+                big_read(ctx, "passthrough re-read", path, mount=m)
+                for _ in range(PAGE_CACHE_PASSES if keep else 0)
+            ]
             ctx.add("ceiling", "passthrough_keep_reread", rereads, "MB/s")
         finally:
             ctx.release(m)

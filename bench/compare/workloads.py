@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.compare import ops
-from bench.compare.ceilings import PAGE_CACHE_PASSES
+from bench.compare.ceilings import PAGE_CACHE_PASSES, big_read
 from bench.compare.context import Ctx, Poller
 from bench.compare.data import BIG_KEY, LIST_PREFIX, SMALL_PREFIX, delete_prefix
 from bench.compare.filesystems import FsSpec
@@ -31,40 +31,22 @@ def sequential(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
     """One round: cold read (fresh mount, empty cache), page-cache re-reads (same mount,
     reopened), disk-cache re-read (new mount on the same cache, drop_caches)."""
     del round_no  # every round is the same
-    size = ctx.data.big_size
     cold, page, disk = [], [], []
     cache = ctx.fresh(f"cache-{spec.name}")
     try:
         m = _mount(ctx, spec, cache)
         try:
             path = m.path / BIG_KEY
-            s = ctx.measure(
-                f"{spec.name} cold read",
-                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                mount=m,
-                drop=True,
-            )
-            cold.append((s.mbps, s))
+            cold.append(big_read(ctx, f"{spec.name} cold read", path, mount=m, drop=True))
             # As many passes as the passthrough's keep_cache ceiling, same median.
             for _ in range(PAGE_CACHE_PASSES):
-                s = ctx.measure(
-                    f"{spec.name} page-cache re-read",
-                    lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                    mount=m,
-                )
-                page.append((s.mbps, s))
+                page.append(big_read(ctx, f"{spec.name} page-cache re-read", path, mount=m))
         finally:
             ctx.release(m)
         m = _mount(ctx, spec, cache)
         try:
             path = m.path / BIG_KEY
-            s = ctx.measure(
-                f"{spec.name} disk-cache re-read",
-                lambda p=path: ops.sequential_read(p, BIG_KEY, size),
-                mount=m,
-                drop=True,
-            )
-            disk.append((s.mbps, s))
+            disk.append(big_read(ctx, f"{spec.name} disk-cache re-read", path, mount=m, drop=True))
         finally:
             ctx.release(m)
     finally:  # what was measured counts even if a later step failed
