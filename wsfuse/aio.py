@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import trio
 
-from wsfuse.backends.base import Backend, ListPage, ObjectInfo
+from wsfuse.backends.base import Backend, ListPage, ObjectInfo, OnBlock
 
 T = TypeVar("T")
 
@@ -44,12 +44,27 @@ class AsyncBackend:
         return data
 
     async def get_blocks(
-        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        *,
+        if_match: str | None = None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
         """A ranged GET already cut into blocks in the worker thread (the trio thread then
-        copies nothing)."""
+        copies nothing); `on_block` runs in that thread too (`Backend.get_blocks`)."""
         blocks = await self._run(
-            partial(self.backend.get_blocks, key, offset, length, block_size, if_match=if_match),
+            partial(
+                self.backend.get_blocks,
+                key,
+                offset,
+                length,
+                block_size,
+                if_match=if_match,
+                on_block=on_block,
+            ),
             abandon=True,
         )
         self.bytes_received += sum(map(len, blocks))
@@ -64,13 +79,16 @@ class AsyncBackend:
         then: Callable[[list[bytes]], None],
         *,
         if_match: str | None = None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
         """`get_blocks`, then `then(blocks)` in the same worker thread: one thread hop
         instead of two when the blocks only go to the disk cache. Abandoned on cancellation
         like any read: `then` must be safe to run late (a cache write is)."""
 
         def fetch_and_then() -> list[bytes]:
-            blocks = self.backend.get_blocks(key, offset, length, block_size, if_match=if_match)
+            blocks = self.backend.get_blocks(
+                key, offset, length, block_size, if_match=if_match, on_block=on_block
+            )
             then(blocks)
             return blocks
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -119,6 +120,25 @@ def test_round_trip_of_a_1mib_block(open_cache: Callable[..., BlockCache]) -> No
     stats = cache.statistics()
     assert (stats.hits, stats.misses, stats.blocks, stats.cached_bytes) == (2, 1, 1, 1 << 20)
     assert stats.bytes_written == 1 << 20
+    assert_consistent(cache)
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_a_checksum_computed_by_the_caller_is_recorded(
+    open_cache: Callable[..., BlockCache], caplog: pytest.LogCaptureFixture, direct: bool
+) -> None:
+    """The fetcher checksums blocks as they arrive and passes the sum to `put`: the right
+    one is what the file carries; a wrong one makes the block a logged miss, never wrong data."""
+    cache = open_cache()
+    good, bad = BlockKey("k", "e", 0), BlockKey("k", "e", 1)
+    data_good, data_bad = block_data(good), block_data(bad)
+    assert BlockCache.checksum(data_good) == google_crc32c.value(data_good)
+    cache.put(good, data_good, direct=direct, crc=BlockCache.checksum(data_good))
+    cache.put(bad, data_bad, direct=direct, crc=BlockCache.checksum(data_bad) ^ 1)
+    assert cache.get(good) == data_good
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(bad) is None
+    assert any("is corrupt" in m for m in warnings_of(caplog))
     assert_consistent(cache)
 
 

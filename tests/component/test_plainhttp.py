@@ -174,6 +174,79 @@ def test_head_and_body_in_pieces(serve: Serve, clients: list[PlainHttp]) -> None
     response.release()
 
 
+BLOCK = bytes(range(256)) * 4096  # 1 MiB
+
+
+def read_blocks(client: PlainHttp, count: int) -> list[int]:
+    """Read an answer of `count` 1 MiB blocks block by block; the socket's low-water mark
+    after each read."""
+    response = client.get("/b/k", [("Host", "x")])
+    link = response._link
+    assert link is not None
+    marks = []
+    for _ in range(count):
+        assert response.read(len(BLOCK)) == BLOCK
+        marks.append(link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT))
+    assert response.read() == b""
+    response.release()
+    return marks
+
+
+def test_after_a_block_read_short_answers_still_wake_the_reader(
+    serve: Serve, clients: list[PlainHttp]
+) -> None:
+    """A block with another one behind it is read with the socket's low-water mark at its
+    length (one wake-up per block); the next head and an idle check must not wait for that
+    many bytes. With the mark left at 1 MiB, the short answer on the same connection would
+    wait out the 3 s read timeout, and the stray 408 on the idle connection would go unseen
+    (then taken for the answer to the next request)."""
+
+    def script(conn: socket.socket, n: int) -> None:
+        if n == 1:
+            conn.sendall(ok(BLOCK * 2))
+            assert conn.recv(65536).startswith(b"GET ")  # the next request, same connection
+            conn.sendall(ok(b"short"))
+            assert conn.recv(65536).startswith(b"GET ")
+            conn.sendall(ok(BLOCK * 2))
+            time.sleep(0.05)
+            conn.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+            time.sleep(1)  # no FIN yet: only the 408 itself can make the connection readable
+        else:
+            conn.sendall(ok(b"fresh"))
+
+    server = serve(script)
+    client = client_of(server, clients, timeout=3)
+    # the mark was used for the first block (else this test would prove nothing), not the last
+    assert read_blocks(client, 2) == [len(BLOCK), 1]
+    started = time.monotonic()
+    assert fetch(client) == (200, b"short")
+    assert time.monotonic() - started < 2  # not the read timeout
+    assert read_blocks(client, 2) == [len(BLOCK), 1]
+    time.sleep(0.2)
+    assert fetch(client) == (200, b"fresh")  # the 408 was noticed: a new connection
+    assert server.connections == 2
+
+
+def test_the_last_block_of_a_kept_alive_answer_does_not_wait_for_more(
+    serve: Serve, clients: list[PlainHttp]
+) -> None:
+    """The last block's read finds half of it there, copies it and sleeps: with the mark at
+    the block's length it would wait for a whole block more, which never comes on a
+    connection kept open (until the 3 s read timeout)."""
+
+    def script(conn: socket.socket, _: int) -> None:
+        whole = ok(BLOCK * 2)
+        conn.sendall(whole[: len(whole) - len(BLOCK) // 2])
+        time.sleep(0.3)
+        conn.sendall(whole[len(whole) - len(BLOCK) // 2 :])
+        time.sleep(4)  # kept open
+
+    client = client_of(serve(script), clients, timeout=3)
+    started = time.monotonic()
+    assert read_blocks(client, 2) == [len(BLOCK), 1]
+    assert time.monotonic() - started < 2
+
+
 def test_a_short_body_and_a_stall_fail_as_retryable_errors(
     serve: Serve, clients: list[PlainHttp]
 ) -> None:

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from wsfuse.backends.base import MIN_PART_SIZE, Backend, ObjectInfo, PartInfo
+from wsfuse.backends.prefixed import PrefixedBackend
+from wsfuse.backends.retry import RetryingBackend
 from wsfuse.errors import BackendError, NotFound, PreconditionFailed
 from wsfuse.testing.ramp import ramp
 
@@ -89,10 +91,27 @@ def test_get_blocks_cuts_one_range_into_pieces(
     backend: Backend, offset: int, length: int, pieces: list[int]
 ) -> None:
     put_ramp(backend, "b", 5000)
-    blocks = backend.get_blocks("b", offset, length, 1000)
+    seen: list[tuple[int, bytes]] = []
+    blocks = backend.get_blocks(
+        "b", offset, length, 1000, on_block=lambda i, b: seen.append((i, b))
+    )
     assert [len(b) for b in blocks] == pieces
     assert all(isinstance(b, bytes) for b in blocks)
     assert b"".join(blocks) == ramp("b", offset, sum(pieces))
+    # each block handed over once, in order, as the very bytes returned (the block cache
+    # checksums them there)
+    assert seen == list(enumerate(blocks))
+    assert all(got is block for (_, got), block in zip(seen, blocks, strict=True))
+
+
+def test_get_blocks_hands_blocks_over_through_the_wrappers(backend: Backend) -> None:
+    """The retrying and prefixing wrappers the filesystem uses pass `on_block` through."""
+    put_ramp(backend, "p/w", 2500)
+    wrapped = PrefixedBackend(RetryingBackend(backend), "p/")
+    seen: list[tuple[int, bytes]] = []
+    blocks = wrapped.get_blocks("w", 0, 2500, 1000, on_block=lambda i, b: seen.append((i, b)))
+    assert [len(b) for b in blocks] == [1000, 1000, 500]
+    assert seen == list(enumerate(blocks))
 
 
 def test_get_blocks_is_version_checked(backend: Backend) -> None:

@@ -14,7 +14,7 @@ backoff and deadlines live in one place, `wsfuse.backends.retry`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 # S3's multipart limits, which the fakes enforce too so that code tested on them is right on S3:
@@ -27,6 +27,9 @@ MAX_PART_SIZE = 5 * 1024 * 1024 * 1024
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 # S3 answers at most 1,000 keys per LIST page.
 DEFAULT_PAGE_SIZE = 1000
+
+#: `get_blocks`' callback: a block's index within the range, and its bytes.
+OnBlock = Callable[[int, bytes], None]
 
 
 def part_size_for(total_size: int, preferred: int = DEFAULT_PART_SIZE) -> int:
@@ -128,18 +131,34 @@ class Backend(abc.ABC):
         """
 
     def get_blocks(
-        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        *,
+        if_match: str | None = None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
         """`get_range(key, offset, length)` cut into `block_size` pieces (the last may be
         short; `[]` for no bytes). One request. Backends that can read a response body in
-        pieces override this so the bytes are copied once, from the socket into each piece."""
+        pieces override this so the bytes are copied once, from the socket into each piece.
+
+        `on_block(i, block)` is called in this thread with each piece as soon as it is whole,
+        while its bytes are still in the CPU's cache (the block cache checksums them there).
+        After a retried attempt it may see an index again, with the same bytes."""
         if block_size <= 0:
             raise ValueError(f"block size must be positive, not {block_size}")
         data = self.get_range(key, offset, length, if_match=if_match)
         if len(data) <= block_size:
-            return [data] if data else []
-        view = memoryview(data)
-        return [bytes(view[i : i + block_size]) for i in range(0, len(data), block_size)]
+            blocks = [data] if data else []
+        else:
+            view = memoryview(data)
+            blocks = [bytes(view[i : i + block_size]) for i in range(0, len(data), block_size)]
+        if on_block is not None:
+            for i, block in enumerate(blocks):
+                on_block(i, block)
+        return blocks
 
     @abc.abstractmethod
     def list(

@@ -37,6 +37,9 @@ MAX_HEAD = 64 * 1024
 #: Largest body read whole in memory: chunked or ended by the close (errors, in practice;
 #: the largest ranged GET wsfuse makes is 8 MiB).
 MAX_BUFFERED = 64 * 1024 * 1024
+#: Plain-TCP body reads at least this long wait with the socket's low-water mark at their
+#: length (`_Link.recv_exactly`).
+LOWAT_MIN = 64 * 1024
 
 
 class PlainHttp:
@@ -219,7 +222,7 @@ class Response:
         if link is None:
             raise ValueError("read from a released response")
         try:
-            data = link.recv_exactly(want)
+            data = link.recv_exactly(want, followed_by=self.remaining - want)
         except _TIMEOUTS as exc:
             self.close()
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=self._client.url) from exc
@@ -260,11 +263,23 @@ class _Link:
     head is read through a buffer whose rest starts the body, and a block is read record by
     record into one buffer (the read timeout is the socket's own)."""
 
-    __slots__ = ("_rest", "sock")
+    __slots__ = ("_lowat", "_rest", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._rest = b""  # TLS: bytes read past the head
+        self._lowat = 1  # the socket's SO_RCVLOWAT (plain TCP)
+
+    def _set_lowat(self, n: int) -> None:
+        """SO_RCVLOWAT. With `MSG_WAITALL` alone the kernel wakes the reading thread for each
+        segment that arrives (16 times per 1 MiB block over loopback, each one a context switch
+        and a wait for the GIL); with the low-water mark at the read's length, once, when the
+        whole block is there. Shorter reads put it back to 1, and so does the idle check that
+        every reused connection passes (`readable`) before its next head is read: a short
+        answer must still wake its reader."""
+        if n != self._lowat:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+            self._lowat = n
 
     def close(self) -> None:
         self.sock.close()
@@ -273,6 +288,7 @@ class _Link:
         """Something (data or EOF) arrived while idle."""
         if self._rest or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return True
+        self._set_lowat(1)
         poller = select.poll()  # not select(): descriptors above 1024 are common here
         poller.register(self.sock, select.POLLIN)
         try:
@@ -324,9 +340,16 @@ class _Link:
             return data
         return self.sock.recv(n)
 
-    def recv_exactly(self, n: int) -> bytes:
-        """`n` bytes, fewer only if the connection closed first."""
+    def recv_exactly(self, n: int, *, followed_by: int = 0) -> bytes:
+        """`n` bytes, fewer only if the connection closed first. `followed_by`: how many
+        bytes of the same answer are known to come after them.
+
+        The low-water mark counts bytes not yet copied, so a read that found part of its
+        bytes already there, copied them and then slept would wait for `n` more: only safe
+        when at least `n` more are on their way. The last block of an answer on a kept-alive
+        connection is read with the mark at 1, or it could sleep until the read timeout."""
         if not self._rest and not isinstance(self.sock, ssl.SSLSocket):
+            self._set_lowat(n if n >= LOWAT_MIN and followed_by >= n else 1)
             data = self.sock.recv(n, socket.MSG_WAITALL)
             while 0 < len(data) < n:  # a signal ended the wait early: wait for the rest
                 more = self.sock.recv(n - len(data), socket.MSG_WAITALL)

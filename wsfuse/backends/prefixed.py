@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from wsfuse.backends.base import Backend, ListPage, ObjectInfo, PartInfo, UploadInfo
+from wsfuse.backends.base import Backend, ListPage, ObjectInfo, OnBlock, PartInfo, UploadInfo
 
 
 class PrefixedBackend(Backend):
@@ -29,10 +29,17 @@ class PrefixedBackend(Backend):
         return self.inner.get_range(self.prefix + key, offset, length, if_match=if_match)
 
     def get_blocks(
-        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        *,
+        if_match: str | None = None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
         return self.inner.get_blocks(
-            self.prefix + key, offset, length, block_size, if_match=if_match
+            self.prefix + key, offset, length, block_size, if_match=if_match, on_block=on_block
         )
 
     def list(

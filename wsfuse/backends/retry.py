@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
-from wsfuse.backends.base import Backend, ListPage, ObjectInfo, PartInfo, UploadInfo
+from wsfuse.backends.base import Backend, ListPage, ObjectInfo, OnBlock, PartInfo, UploadInfo
 from wsfuse.errors import Transient, Unavailable
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,18 @@ class RetryingBackend(Backend):
 
     @_retrying
     def get_blocks(
-        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        *,
+        if_match: str | None = None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
-        return self.inner.get_blocks(key, offset, length, block_size, if_match=if_match)
+        return self.inner.get_blocks(
+            key, offset, length, block_size, if_match=if_match, on_block=on_block
+        )
 
     @_retrying
     def list(

@@ -45,6 +45,7 @@ from wsfuse.backends.base import (
     Capabilities,
     ListPage,
     ObjectInfo,
+    OnBlock,
     PartInfo,
     UploadInfo,
     part_size_for,
@@ -437,17 +438,31 @@ class S3Backend(Backend):
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def get_blocks(
-        self, key: str, offset: int, length: int, block_size: int, *, if_match: str | None = None
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        *,
+        if_match: str | None = None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
         if block_size <= 0:
             raise ValueError(f"block size must be positive, not {block_size}")
-        return [p for p in self._get(key, offset, length, block_size, if_match) if p]
+        return [p for p in self._get(key, offset, length, block_size, if_match, on_block) if p]
 
     def _get(
-        self, key: str, offset: int, length: int, piece: int | None, if_match: str | None
+        self,
+        key: str,
+        offset: int,
+        length: int,
+        piece: int | None,
+        if_match: str | None,
+        on_block: OnBlock | None = None,
     ) -> list[bytes]:
         """One ranged GET; the body read in `piece`-sized reads (each one copy from the
-        socket, nothing joined or split afterwards) or whole when `piece` is None."""
+        socket, nothing joined or split afterwards, each handed to `on_block` as it comes)
+        or whole when `piece` is None."""
         if offset < 0 or length < 0:
             raise ValueError(f"bad range: offset {offset}, length {length}")
         if length == 0:
@@ -466,6 +481,8 @@ class S3Backend(Backend):
                 pieces.append(body.read())
             else:
                 while chunk := body.read(piece):
+                    if on_block is not None:
+                        on_block(len(pieces), chunk)
                     pieces.append(chunk)
             got = sum(map(len, pieces))
             if expected >= 0 and got != expected:
@@ -496,8 +513,14 @@ class S3Backend(Backend):
         if status == 200:  # the store ignored the Range (some do, e.g. for empty objects)
             data = pieces[0][offset : offset + length]
             if piece is None or len(data) <= piece:
-                return [data]
-            return [data[i : i + piece] for i in range(0, len(data), piece)]
+                cut = [data]
+            else:
+                cut = [data[i : i + piece] for i in range(0, len(data), piece)]
+            if on_block is not None and piece is not None:
+                for i, block in enumerate(cut):
+                    if block:
+                        on_block(i, block)
+            return cut
         return pieces
 
     def list(

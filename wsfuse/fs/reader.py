@@ -287,12 +287,13 @@ class BlockFetcher:
         error: BaseException = FetchCancelled()
         try:
             blocks: list[bytes] = []
+            crcs: dict[int, int] = {}
             # Read-ahead nobody will take from memory (a directory's next files) is stored
             # by the worker thread that fetched it: one thread hop per file, not two.
             # (`direct` is False exactly for read-ahead without a hand-off, see `start_fetch`)
             store_there = group is not None and not direct
             with scope:
-                blocks = await self._get_blocks(obj, run, store=store_there, direct=direct)
+                blocks = await self._get_blocks(obj, run, crcs, store=store_there, direct=direct)
             if scope.cancelled_caught:
                 self.stats.prefetch_cancelled += 1
                 return
@@ -303,7 +304,7 @@ class BlockFetcher:
                 # Keep the in-flight entries until the blocks are on disk, so that nobody
                 # starts a second GET for them in between.
                 async with self.disk_limiter:
-                    await trio.to_thread.run_sync(self._store, run, blocks, direct)
+                    await trio.to_thread.run_sync(self._store, run, blocks, crcs, direct)
         except Exception as exc:
             error = exc
             log.debug("fetch of %r blocks %d+%d failed: %s", obj.key, run[0].index, len(run), exc)
@@ -355,13 +356,25 @@ class BlockFetcher:
             group.scopes.discard(scope)
 
     async def _get_blocks(
-        self, obj: PinnedObject, run: list[BlockKey], *, store: bool = False, direct: bool = True
+        self,
+        obj: PinnedObject,
+        run: list[BlockKey],
+        crcs: dict[int, int],
+        *,
+        store: bool = False,
+        direct: bool = True,
     ) -> list[bytes]:
-        """The blocks of `run` in one GET; with `store`, also written to the cache by the
-        worker thread (only once they are known to be whole)."""
+        """The blocks of `run` in one GET, each block's checksum put in `crcs` (by its index
+        in `run`) by the receiving thread as the block arrives, while its bytes are still in
+        the CPU's cache; with `store`, also written to the cache by that thread (only once
+        they are known to be whole)."""
         bs = self.block_size
         offset = run[0].index * bs
         length = min(len(run) * bs, obj.size - offset)
+        checksum = self.cache.checksum
+
+        def on_block(i: int, block: bytes) -> None:
+            crcs[i] = checksum(block)
 
         def check(blocks: list[bytes]) -> None:
             got = sum(map(len, blocks))
@@ -374,18 +387,22 @@ class BlockFetcher:
 
             def check_and_store(blocks: list[bytes]) -> None:
                 check(blocks)
-                self._store(run, blocks, direct)
+                self._store(run, blocks, crcs, direct)
 
             return await self.backend.get_blocks_then(
-                obj.key, offset, length, bs, check_and_store, if_match=obj.etag
+                obj.key, offset, length, bs, check_and_store, if_match=obj.etag, on_block=on_block
             )
-        blocks = await self.backend.get_blocks(obj.key, offset, length, bs, if_match=obj.etag)
+        blocks = await self.backend.get_blocks(
+            obj.key, offset, length, bs, if_match=obj.etag, on_block=on_block
+        )
         check(blocks)
         return blocks
 
-    def _store(self, run: list[BlockKey], blocks: list[bytes], direct: bool) -> None:
-        for bkey, block in zip(run, blocks, strict=True):
-            self.cache.put(bkey, block, direct=direct)
+    def _store(
+        self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
+    ) -> None:
+        for i, (bkey, block) in enumerate(zip(run, blocks, strict=True)):
+            self.cache.put(bkey, block, direct=direct, crc=crcs.get(i))
 
 
 #: Reads in a row that may land near a stream's front without extending it (the kernel's
