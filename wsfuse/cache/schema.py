@@ -17,6 +17,7 @@ Cache directory layout (`DIR` is the per-bucket directory from `wsfuse.cachedir`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -65,8 +66,11 @@ def object_prefix(key: str) -> bytes:
     return hashlib.sha256(encode_name(key)).digest()[:OBJECT_PREFIX_SIZE]
 
 
+@functools.lru_cache(maxsize=1024)
 def version_prefix(key: str, etag: str) -> bytes:
-    """The block-id prefix shared by every cached block of one version of `key`."""
+    """The block-id prefix shared by every cached block of one version of `key`. Remembered
+    for the most recent versions: a sequential read asks for it several times per block
+    (read-ahead checks, hand-over, cache write), and each time costs two SHA-256s."""
     etag_digest = hashlib.sha256(encode_name(etag)).digest()[
         : VERSION_PREFIX_SIZE - OBJECT_PREFIX_SIZE
     ]
