@@ -211,7 +211,7 @@ async def _main(backend: Backend, config: MountConfig, mountpoint: Path, source:
         async with trio.open_nursery() as nursery:
             fs = Filesystem(backend, config, cache, nursery, index=cache.index)
             if not config.read_only:
-                await fs.recover_pending()
+                await fs.writeback.recover_pending()
             control = control_socket_path(config.cache_dir)
             await nursery.start(serve_control, fs, control)
             ops = Operations(fs, config, os.fspath(control))
@@ -258,7 +258,7 @@ def recover(backend: Backend, config: MountConfig) -> list[str]:
         with open_cache(config) as cache:
             async with trio.open_nursery() as nursery:
                 fs = Filesystem(backend, config, cache, nursery, index=cache.index)
-                report = await fs.recover_pending()
+                report = await fs.writeback.recover_pending()
                 nursery.cancel_scope.cancel()
         return report
 

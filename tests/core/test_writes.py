@@ -110,7 +110,7 @@ async def test_failed_upload_is_an_error_keeps_data_and_is_pending(w: WHarness) 
     w.faulty.fail("put", Transient("503"), times=100)
     with pytest.raises(BackendError):
         await w.fs.flush(fh)
-    pending = w.fs.pending_uploads()
+    pending = w.fs.writeback.pending_uploads()
     assert [p["key"] for p in pending] == ["doomed"]
     assert pending[0]["state"] == "failed"
     assert Path(str(pending[0]["staging"])).read_bytes() == b"precious"
@@ -137,14 +137,14 @@ async def test_recovery_uploads_over_the_opened_version_or_keeps_a_conflict_copy
         fh, _ = await h.create("unclosed", b"partial")  # never closed: the daemon "dies"
     backend.put("changed", b"someone else's")
     async with _harness(tmp_path, backend) as h:
-        report = await h.fs.recover_pending()
+        report = await h.fs.writeback.recover_pending()
         assert backend.get_range("same", 0, 10) == b"mine"
         assert backend.get_range("changed", 0, 100) == b"someone else's"
         conflicts = [k for k in backend.key_list() if k.startswith("changed.wsfuse-conflict-")]
         assert len(conflicts) == 1
         assert backend.get_range(conflicts[0], 0, 10) == b"mine"
         assert "unclosed" not in backend.key_list()
-        assert [p["key"] for p in h.fs.pending_uploads()] == ["unclosed"]
+        assert [p["key"] for p in h.fs.writeback.pending_uploads()] == ["unclosed"]
         assert any("never closed" in line for line in report)
 
 
@@ -182,8 +182,8 @@ async def test_recovery_never_overwrites_a_write_landing_after_its_check(
 
     monkeypatch.setattr(backend, "head", racing_head)
     async with _harness(tmp_path, backend) as h:
-        report = await h.fs.recover_pending()
-        assert h.fs.pending_uploads() == []
+        report = await h.fs.writeback.recover_pending()
+        assert h.fs.writeback.pending_uploads() == []
     assert backend.get_range("f", 0, 100) == b"someone else's"
     conflicts = [k for k in backend.key_list() if k.startswith("f.wsfuse-conflict-")]
     assert len(conflicts) == 1
@@ -201,7 +201,7 @@ async def test_unlinked_open_file_stays_readable_and_writable(w: WHarness) -> No
     with pytest.raises(FsError):
         await w.fs.lookup(ROOT_INO, "u")
     await w.fs.release(fh)
-    assert w.fs.pending_uploads() == []
+    assert w.fs.writeback.pending_uploads() == []
 
 
 async def test_mkdir_rmdir_and_not_empty(w: WHarness) -> None:
@@ -327,7 +327,7 @@ async def test_only_files_up_to_cache_written_max_stay_cached_after_their_upload
         assert w.backend.counts["get_range"] == before  # kept: read from the cache
         assert await w.read_all("large") == large
         assert w.backend.counts["get_range"] > before  # not kept: read from the bucket
-        assert w.fs.pending_uploads() == []
+        assert w.fs.writeback.pending_uploads() == []
 
 
 async def test_cache_written_max_0_keeps_no_written_file(tmp_path: Path) -> None:
@@ -350,7 +350,7 @@ async def test_a_failed_copy_into_the_cache_still_removes_the_staging_file(
     monkeypatch.setattr(Staging, "read_uncached", broken)
     await w.write_file("f", b"uploaded")
     assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
-    assert w.fs.pending_uploads() == []
+    assert w.fs.writeback.pending_uploads() == []
     assert "could not keep 'f' in the cache" in caplog.text
     monkeypatch.undo()
     assert await w.read_all("f") == b"uploaded"  # from the bucket

@@ -1,4 +1,6 @@
-"""`Filesystem`: the namespace and read path as plain async methods (no pyfuse3 types).
+"""`Filesystem`: the namespace, handles and read path as plain async methods (no pyfuse3
+types). Namespace changes are `Mutations` (mutations.py); written data is staged and uploaded by
+`WriteBack` (writeback.py).
 
 Owned by the trio thread: every attribute here is touched only from it (worker threads get
 immutable arguments). Inode numbers are allocated once per (path, kind) and never reused
@@ -36,6 +38,7 @@ from wsfuse.fs.posixmeta import PosixAttrs
 from wsfuse.fs.reader import BlockFetcher, PinnedObject, Reader
 from wsfuse.fs.staging import Staging
 from wsfuse.fs.streaming import PartSources, StreamingUpload
+from wsfuse.fs.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,19 @@ class Filesystem(Mutations):
         # INVARIANT: staged == {ino for ino, node in inodes.items() if node.staging is not None}
         # (a listing merges these; scanning every inode per listing would be O(inodes)).
         self.staged: set[int] = set()
+        self.writeback = WriteBack(
+            self.backend,
+            config,
+            cache,
+            self.fetcher,
+            self.attr_store,
+            self.part_sources,
+            index=index,
+            clock=clock,
+            staged=self.staged,
+            on_uploaded=self._listing_put,
+            on_abandoned=self._abandon,
+        )
         self.by_path: dict[tuple[str, bool], int] = {("", True): ROOT_INO}
         self._next_ino = itertools.count(ROOT_INO + 1)
         self.listings: dict[str, Listing] = {}
@@ -462,7 +478,7 @@ class Filesystem(Mutations):
         if node.staging is None and not self._fresh(node.validated_at):
             await self._revalidate(node)
         if write:
-            await self.start_writing(node, truncate=truncate)
+            await self.writeback.start_writing(node, truncate=truncate)
         if not write and node.staging is None:
             parent, _, name = node.path.rpartition("/")
             self.dir_ahead.opened(parent, name, self._fresh_listing(parent))
@@ -499,6 +515,25 @@ class Filesystem(Mutations):
             return node.staging.pread(size, offset)
         return await handle.reader.read(offset, size)
 
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self.file_handle(fh)
+        if not handle.writable:
+            raise FsError(errno.EBADF)
+        return self.writeback.write(self.inode(handle.ino), offset, data)
+
+    async def flush(self, fh: int) -> None:
+        """close(): upload if this inode changed since its last upload (dup'ed and forked
+        descriptors flush many times; only the first one with changes uploads)."""
+        handle = self.file_handle(fh)
+        if not handle.writable:
+            return  # closing a reader publishes nobody's writes (nor retries a failed upload)
+        node = self.inode(handle.ino)
+        if node.staging is not None and node.staging.dirty:
+            await self.writeback.upload(node)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
         if not isinstance(handle, FileHandle):
@@ -518,11 +553,11 @@ class Filesystem(Mutations):
             # mmap writes can arrive after close(); RELEASE's error is lost, so a failure here
             # only leaves the data pending.
             try:
-                await self.upload(node)
+                await self.writeback.upload(node)
             except Exception as exc:
                 log.error("upload of %r at release failed, kept as pending: %s", node.path, exc)  # noqa: TRY400
         if node.open_handles == 0:
-            await self.finish_staging(node)
+            await self.writeback.finish_staging(node)
 
     # ------------------------------------------------------------------ status
 
@@ -550,7 +585,7 @@ class Filesystem(Mutations):
             "inflight_blocks": len(self.fetcher.inflight),
             "open_handles": sum(isinstance(h, FileHandle) for h in self._handles.values()),
             "hidden_keys": self.hidden_keys,
-            "pending_uploads": self.pending_uploads(),
+            "pending_uploads": self.writeback.pending_uploads(),
             "streamed_parts_from_memory": self.part_sources.from_memory,
             "streamed_parts_read_back": self.part_sources.read_back,
         }

@@ -1,50 +1,37 @@
-"""The write path: staging, write-through uploads, and the namespace operations that change
-the bucket (create, unlink, mkdir, rmdir, rename, symlink, setattr).
+"""The namespace operations that change the bucket (create, unlink, mkdir, rmdir, rename,
+symlink, setattr), and the overlay that keeps cached listings true to them.
 
-The promise: when `close()` (FLUSH) or `fsync()` returns 0, the bytes are in the bucket; when
-an upload fails, the caller gets EIO and the staged data is kept and recorded as pending in the
-index, so nothing written is lost. RELEASE comes after `close()` has returned (its error is
-lost), so it is never where data is made safe; it only finishes what mmap writes left.
+A file's bytes are staged and uploaded by `WriteBack` (`wsfuse.fs.writeback`); these operations
+call it where a name change moves, truncates or removes data that is being written.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import logging
 import os
 import stat
-import time
-from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import trio
-
 from wsfuse.backends.base import ObjectInfo
-from wsfuse.errors import BucketNotFound, NotFound, PreconditionFailed
+from wsfuse.errors import NotFound
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
-from wsfuse.fs.staging import Staging
-from wsfuse.fs.streaming import PartSources, StreamingUpload
-from wsfuse.fs.upload import MULTIPART_THRESHOLD, upload_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from wsfuse.aio import AsyncBackend
-    from wsfuse.cache import BlockCache, MetadataIndex
+    from wsfuse.cache import MetadataIndex
     from wsfuse.config import MountConfig
     from wsfuse.fs.attrstore import AttrStore
     from wsfuse.fs.core import DirHandle, FileHandle, Inode
-    from wsfuse.fs.reader import BlockFetcher
+    from wsfuse.fs.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
-PENDING_DB = "pending"
 # A directory rename copies every object under it; beyond this many it is refused up front
 # (before anything moves) instead of running for hours, non-atomically.
 MAX_DIR_RENAME_OBJECTS = 10_000
@@ -62,9 +49,7 @@ class Mutations:
     if TYPE_CHECKING:  # what the mixin uses of Filesystem
         config: MountConfig
         backend: AsyncBackend
-        cache: BlockCache
         index: MetadataIndex | None
-        fetcher: BlockFetcher
         clock: Callable[[], float]
         inodes: dict[int, Inode]
         staged: set[int]
@@ -72,346 +57,15 @@ class Mutations:
         listings: dict[str, Listing]
         negative: dict[str, float]
         attr_store: AttrStore
-        part_sources: PartSources
+        writeback: WriteBack
         _handles: dict[int, FileHandle | DirHandle]
 
         def inode(self, ino: int) -> Inode: ...
-        def file_handle(self, fh: int) -> FileHandle: ...
         async def lookup(self, parent_ino: int, name: str) -> Inode: ...
         def _new_file_handle(self, node: Inode, *, writable: bool) -> int: ...
         def _remember(
             self, path: str, is_dir: bool, entry: Entry | None, validated_at: float
         ) -> Inode: ...
-
-    # ------------------------------------------------------------------ staging
-
-    async def start_writing(self, node: Inode, *, truncate: bool) -> None:
-        """Give `node` a staging file holding its current content (or none, if truncating)."""
-        if self.config.read_only:
-            raise _fs_error(errno.EROFS)
-        if node.staging is None:
-            staging = Staging(self.config.cache_dir / "staging")
-            try:
-                if not truncate and node.size:
-                    await self._fill_staging(node, staging)
-            except BaseException:
-                staging.close(remove=True)
-                raise
-            node.staging = staging
-            self.staged.add(node.ino)
-        if truncate and node.staging.size:
-            node.staging.truncate(0)
-        if truncate:
-            node.staging.touch()  # O_TRUNC changes the file even when it was empty
-            node.size = 0
-        self._record_pending(node, "open")
-
-    async def _fill_staging(self, node: Inode, staging: Staging) -> None:
-        """Copy the object's bytes into `staging`, block by block through the cache."""
-        obj = node.pinned()
-        bs = self.config.block_size
-        fetch = max(1, self.config.fetch_size // bs)
-        for index in range(self.fetcher.block_count(obj)):
-            data = await self.fetcher.get_block(obj, index, fetch_blocks=fetch)
-            os.pwrite(staging.fd, data, index * bs)
-        staging.size = node.size
-        os.ftruncate(staging.fd, node.size)
-
-    async def write(self, fh: int, offset: int, data: bytes) -> int:
-        handle = self.file_handle(fh)
-        if not handle.writable:
-            raise _fs_error(errno.EBADF)
-        node = self.inode(handle.ino)
-        assert node.staging is not None
-        staging = node.staging
-        before = staging.size
-        if node.stream is not None:
-            node.stream.overwrote(offset)
-        n = staging.pwrite(data, offset)
-        node.size = staging.size
-        if node.stream is None and offset == before and staging.size >= MULTIPART_THRESHOLD:
-            node.stream = stream = self._start_stream(node)
-            if stream is not None:
-                stream.feed(staging.size)  # the full parts staged so far: read back
-                tail = stream.sent_until  # this write's bytes past them start the next part
-                if offset <= tail < offset + n:
-                    stream.absorb(data[tail - offset : n], tail)
-        elif node.stream is not None:
-            node.stream.absorb(data if n == len(data) else data[:n], offset)
-            node.stream.feed(staging.size)
-        node.mtime = self.clock()
-        if node.attrs.mtime is not None:  # an mtime set by utimens no longer holds
-            node.attrs = PosixAttrs(node.attrs.mode, node.attrs.uid, node.attrs.gid, None)
-        return n
-
-    def _upload_attrs(self, node: Inode) -> PosixAttrs:
-        a = node.attrs
-        return PosixAttrs(
-            a.mode if a.mode is not None else stat.S_IFREG | self.config.file_mode,
-            a.uid if a.uid is not None else self.config.uid,
-            a.gid if a.gid is not None else self.config.gid,
-            # Only an mtime set explicitly (utimens: tar, rsync, cp -p) is stored; otherwise the
-            # object's Last-Modified, the time the upload completed, is the truth.
-            a.mtime,
-        )
-
-    def _start_stream(self, node: Inode) -> StreamingUpload | None:
-        """A sequential writer passed the multipart threshold: start sending its parts now."""
-        if node.unlinked or node.staging is None:
-            return None
-        return StreamingUpload(
-            self.backend,
-            node.path,
-            node.staging.read_uncached,
-            posixmeta.encode(self._upload_attrs(node)),
-            self.fetcher.nursery,
-            on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
-            sources=self.part_sources,
-        )
-
-    async def _drop_stream(self, node: Inode) -> None:
-        stream, node.stream = node.stream, None
-        if stream is not None:
-            await stream.abort()
-
-    async def flush(self, fh: int) -> None:
-        """close(): upload if this inode changed since its last upload (dup'ed and forked
-        descriptors flush many times; only the first one with changes uploads)."""
-        handle = self.file_handle(fh)
-        if not handle.writable:
-            return  # closing a reader publishes nobody's writes (nor retries a failed upload)
-        node = self.inode(handle.ino)
-        if node.staging is not None and node.staging.dirty:
-            await self.upload(node)
-
-    async def fsync(self, fh: int) -> None:
-        await self.flush(fh)
-
-    async def upload(self, node: Inode) -> None:
-        """Make the bucket hold the staged bytes; raise (and keep them pending) if it cannot."""
-        staging = node.staging
-        if staging is None or not staging.dirty or node.unlinked:
-            return
-        if staging.write_error is not None:
-            self._record_pending(node, "incomplete")
-            await self._drop_stream(node)
-            raise OSError(staging.write_error, f"a write to {node.path!r} failed; not uploaded")
-        version = staging.version
-        log.debug("uploading %r: %d bytes, version %d", node.path, staging.size, version)
-        attrs = self._upload_attrs(node)
-        info: ObjectInfo | None = None
-        stream, node.stream = node.stream, None
-        if stream is not None:
-            # (a file renamed while it streamed: its parts went to the old key)
-            if (
-                stream.broken
-                or stream.key != node.path
-                or stream.metadata != posixmeta.encode(attrs)
-            ):
-                await stream.abort()
-            else:
-                try:
-                    info = await stream.finish(staging.size)
-                except Exception as exc:
-                    log.info(
-                        "streamed upload of %r failed (%s); uploading it whole", node.path, exc
-                    )
-                    await stream.abort()
-        try:
-            if info is None:
-                info = await upload_file(
-                    self.backend,
-                    node.path,
-                    staging.fd,
-                    staging.size,
-                    posixmeta.encode(attrs),
-                    on_upload_id=lambda uid: self._record_pending(node, "uploading", upload_id=uid),
-                )
-        except Exception:
-            staging.failed_version = version
-            self._record_pending(node, "failed", closed=True)
-            raise
-        if node.staging is staging:
-            staging.uploaded_version = version
-            if staging.version == version:  # no write arrived while uploading
-                self._forget_pending(node)
-        node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
-        node.mtime = attrs.mtime if attrs.mtime is not None else info.mtime
-        node.validated_at = self.clock()
-        self.attr_store.put(node.path, info.etag, attrs)
-        self._listing_put(
-            node,
-            Entry(
-                node.path.rpartition("/")[2],
-                False,
-                staging.size,
-                info.etag,
-                attrs.mtime or info.mtime,
-            ),
-        )
-
-    async def finish_staging(self, node: Inode) -> None:
-        """The last handle is closed: a clean staging file becomes cache blocks of the uploaded
-        version (no re-download to read it back) if it is at most `cache_written_max` long,
-        and goes away; a dirty one stays pending."""
-        staging = node.staging
-        if node.unlinked:
-            await self._drop_stream(node)
-        if staging is not None and staging.write_error is not None:
-            # The writer was told its write failed (a full disk): the partial bytes are not a
-            # file anybody meant; free the disk instead of keeping them.
-            log.warning(
-                "discarding the partial write of %r: %s",
-                node.path,
-                os.strerror(staging.write_error),
-            )
-            await self._drop_stream(node)
-            node.staging = None
-            self.staged.discard(node.ino)
-            staging.close(remove=True)
-            self._forget_pending(node)
-            if node.etag:
-                node.validated_at = 0.0  # back to the bucket's version, whatever its size
-            elif self._unmap(node):  # created here, never uploaded: never in the bucket
-                self._listing_drop(node.path)
-            return
-        if staging is None or (staging.dirty and not node.unlinked):
-            return
-        node.staging = None
-        self.staged.discard(node.ino)
-        if not node.unlinked and node.etag and staging.size <= self.config.cache_written_max:
-            obj = node.pinned()
-            bs = self.config.block_size
-
-            def to_cache() -> None:
-                for index in range(self.fetcher.block_count(obj)):
-                    data = staging.read_uncached(bs, index * bs)
-                    self.cache.put(obj.block(index), data, direct=True)
-
-            try:
-                await trio.to_thread.run_sync(to_cache)
-            except OSError as exc:  # the bucket has the file: only the cache copy is lost
-                log.warning("could not keep %r in the cache after its upload: %s", node.path, exc)
-        staging.close(remove=True)
-        self._forget_pending(node)
-
-    # ------------------------------------------------------------------ pending records
-
-    def _record_pending(self, node: Inode, state: str, **extra: object) -> None:
-        if self.index is None or node.staging is None:
-            return
-        record: dict[str, object] = {
-            "key": node.path,
-            "staging": str(node.staging.path),
-            "state": state,
-            "base_etag": node.etag or None if state == "open" else None,
-            "size": node.staging.size,
-            "time": self.clock(),
-            "meta": posixmeta.encode(node.attrs),
-            **extra,
-        }
-        old = self.index.get(PENDING_DB, _pending_key(node.path))
-        if old is not None:
-            prev = json.loads(old)
-            record["base_etag"] = prev.get("base_etag")
-            if "upload_id" not in record and prev.get("upload_id"):
-                record["upload_id"] = prev["upload_id"]
-        try:
-            self.index.put_many(
-                PENDING_DB, [(_pending_key(node.path), json.dumps(record).encode())]
-            )
-        except Exception as exc:  # a full disk: the staged file itself still holds the data
-            log.error("could not record pending upload of %r: %s", node.path, exc)  # noqa: TRY400
-
-    def _forget_pending(self, node: Inode) -> None:
-        if self.index is not None:
-            self.index.delete_many(PENDING_DB, [_pending_key(node.path)])
-
-    def pending_uploads(self) -> list[dict[str, object]]:
-        if self.index is None:
-            return []
-        return [json.loads(v) for _, v in self.index.items(PENDING_DB)]
-
-    async def recover_pending(self) -> list[str]:
-        """Finish what a previous daemon left (run before mounting): abort its multipart
-        uploads; upload staged data whose close() failed, but only over the version it was
-        opened from (else keep it as a conflict copy beside it); keep listing data of files
-        that were never closed (a crash mid-write), uploading nothing of them."""
-        if self.index is None:
-            return []
-        report: list[str] = []
-        raw = self.backend.backend
-        for rkey, value in self.index.items(PENDING_DB):
-            rec = json.loads(value)
-            key, staging_path = str(rec["key"]), Path(str(rec["staging"]))
-            upload_id = rec.pop("upload_id", None)
-            if upload_id:
-                try:
-                    await self.backend.run_sync(partial(raw.abort_multipart, key, str(upload_id)))
-                except Exception as exc:
-                    log.warning(
-                        "could not abort multipart upload %s of %r: %s", upload_id, key, exc
-                    )
-                self.index.put_many(PENDING_DB, [(rkey, json.dumps(rec).encode())])
-            if not os.path.exists(staging_path):
-                report.append(f"{key}: staged data is gone ({staging_path}); record dropped")
-                self.index.delete_many(PENDING_DB, [rkey])
-                continue
-            if rec["state"] in ("open", "uploading") and rec.get("closed") is not True:
-                report.append(
-                    f"{key}: was never closed (the daemon stopped mid-write); its staged data is "
-                    f"kept at {staging_path}, not uploaded"
-                )
-                continue
-            report.append(await self._recover_one(rkey, rec, key, staging_path))
-        for line in report:
-            log.warning("recovery: %s", line)
-        return report
-
-    async def _recover_one(
-        self, rkey: bytes, rec: dict[str, object], key: str, staging_path: Path
-    ) -> str:
-        base = rec.get("base_etag") or None
-        try:
-            current: str | None = (await self.backend.head(key)).etag
-        except NotFound:
-            current = None
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self.clock()))
-        conflict = f"{key}.wsfuse-conflict-{stamp}"
-        target = key if current == base else conflict
-        meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
-        fd = os.open(staging_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            size = os.fstat(fd).st_size
-            if target == key:
-                # The HEAD above is only a shortcut: the store checks the version again as the
-                # object appears, so a write landing in between is never overwritten.
-                try:
-                    await upload_file(
-                        self.backend,
-                        key,
-                        fd,
-                        size,
-                        meta,  # type: ignore[arg-type]
-                        if_match=base if isinstance(base, str) else None,
-                        if_none_match=base is None,
-                    )
-                except (PreconditionFailed, NotFound) as exc:
-                    if isinstance(exc, BucketNotFound):
-                        raise
-                    target = conflict
-            if target != key:
-                await upload_file(self.backend, target, fd, size, meta)  # type: ignore[arg-type]
-        except Exception as exc:
-            return f"{key}: upload failed again ({exc}); staged data kept at {staging_path}"
-        finally:
-            os.close(fd)
-        os.unlink(staging_path)
-        if self.index is not None:
-            self.index.delete_many(PENDING_DB, [rkey])
-        if target != key:
-            return f"{key}: changed in the bucket since it was opened; saved as {target}"
-        return f"{key}: uploaded ({size} bytes)"
 
     # ------------------------------------------------------------------ listings
 
@@ -491,7 +145,7 @@ class Mutations:
         node = existing or self._remember(path, False, None, self.clock())
         node.attrs = PosixAttrs(stat.S_IFREG | (mode & 0o7777), uid, gid, None)
         node.mtime = self.clock()
-        await self.start_writing(node, truncate=True)
+        await self.writeback.start_writing(node, truncate=True)
         self._listing_put(node, Entry(name, False, 0, node.etag, node.mtime))
         node.lookups += 1
         return self._new_file_handle(node, writable=True), node
@@ -505,8 +159,8 @@ class Mutations:
             raise _fs_error(errno.EISDIR)
         if node.open_handles and node.staging is None:
             # Open handles must keep reading (and writing) after the name is gone.
-            await self.start_writing(node, truncate=False)
-        await self._drop_stream(node)
+            await self.writeback.start_writing(node, truncate=False)
+        await self.writeback.drop_stream(node)
         if node.etag or node.staging is None:
             await self.backend.run_sync(lambda: self.backend.backend.delete(node.path))
         self._detach(node)
@@ -521,6 +175,12 @@ class Mutations:
         del self.by_path[key]
         return True
 
+    def _abandon(self, node: Inode) -> None:
+        """`WriteBack.on_abandoned`: a file created here, never uploaded, lost its data to a
+        failed write: it was never in the bucket, so it leaves the namespace."""
+        if self._unmap(node):
+            self._listing_drop(node.path)
+
     def _detach(self, node: Inode) -> None:
         """Take `node` out of the namespace; its data lives on in staging while open."""
         if node.stream is not None:
@@ -530,7 +190,7 @@ class Mutations:
             self.attr_store.drop(node.path)
         if node.staging is not None:
             node.unlinked = True
-            self._forget_pending(node)
+            self.writeback.forget_pending(node)
             if node.open_handles == 0:
                 node.staging.close(remove=True)
                 node.staging = None
@@ -658,9 +318,9 @@ class Mutations:
             if node.is_dir:
                 raise _fs_error(errno.EISDIR)
             if node.staging is None:
-                await self.start_writing(node, truncate=False)
+                await self.writeback.start_writing(node, truncate=False)
             assert node.staging is not None
-            await self._drop_stream(node)
+            await self.writeback.drop_stream(node)
             node.staging.truncate(size)
             node.size = size
             if mtime is None:
@@ -672,8 +332,8 @@ class Mutations:
         if node.staging is not None:
             node.staging.touch()
             if fh is None and node.open_handles == 0:  # truncate(path): no close will follow
-                await self.upload(node)
-                await self.finish_staging(node)
+                await self.writeback.upload(node)
+                await self.writeback.finish_staging(node)
             return node
         if new != old:
             await self._rewrite_metadata(node)
@@ -740,9 +400,9 @@ class Mutations:
             self.by_path.pop((dst.path, dst.is_dir), None)
             self.attr_store.drop(dst.path)
             dst.unlinked = True  # open handles keep its data; it is no longer in the namespace
-            await self._drop_stream(dst)
+            await self.writeback.drop_stream(dst)
             if dst.staging is not None:
-                self._forget_pending(dst)
+                self.writeback.forget_pending(dst)
         if src.is_dir:
             await self._rename_dir(src, new_path)
         else:
@@ -753,10 +413,10 @@ class Mutations:
     async def _rename_file(self, src: Inode, new_path: str) -> None:
         if src.staging is not None and (src.staging.dirty or not src.etag):
             old_path = src.path
-            self._forget_pending(src)
+            self.writeback.forget_pending(src)
             src.path = new_path
             try:
-                await self.upload(src)
+                await self.writeback.upload(src)
             finally:
                 src.path = old_path
             if src.etag:
@@ -773,7 +433,7 @@ class Mutations:
         # listing below moves them with the rest.
         for node in list(self.inodes.values()):
             if node.staging is not None and not node.unlinked and node.path.startswith(old_prefix):
-                await self.upload(node)
+                await self.writeback.upload(node)
         keys: list[str] = []
         token = None
         while True:
@@ -836,7 +496,7 @@ class Mutations:
             version = DIR_VERSION if other.is_dir else other.etag
             self.attr_store.put(other.path, version, other.attrs)
             if other.staging is not None:
-                self._record_pending(other, "open")
+                self.writeback.record_pending(other, "open")
         from wsfuse.fs.core import FileHandle  # noqa: PLC0415
 
         moved = {other.ino for other in moving}
@@ -845,12 +505,6 @@ class Mutations:
                 handle.reader.obj = self.inodes[handle.ino].pinned()
         name = new_path.rpartition("/")[2]
         self._listing_put(node, Entry(name, node.is_dir, node.size, node.etag, node.mtime))
-
-
-def _pending_key(path: str) -> bytes:
-    """LMDB keys are at most 511 bytes; S3 keys up to 1024."""
-    raw = path.encode("utf-8", "surrogateescape")
-    return raw if len(raw) <= 480 else raw[:400] + hashlib.sha256(raw).hexdigest().encode()
 
 
 def _rebuilt(listing: Listing, entries: dict[str, Entry]) -> Listing:
