@@ -25,7 +25,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conftest import fresh_bucket_name
-from wsfuse.testing import s3server
+from wsfuse.testing import s3moto
 from wsfuse.testing.s3server import S3TestServer
 
 MIB = 1024 * 1024
@@ -136,14 +136,14 @@ def test_upload_part_copy_reads_only_its_range(
     else:
         client.put_object(Bucket=bucket, Key="src", Body=data)
     read: list[int] = []
-    original = s3server._ChunkedIO.pread
+    original = s3moto._ChunkedIO.pread
 
     def counting_pread(self: Any, start: int, end: int) -> bytes:
         got = original(self, start, end)
         read.append(len(got))
         return got
 
-    monkeypatch.setattr(s3server._ChunkedIO, "pread", counting_pread)
+    monkeypatch.setattr(s3moto._ChunkedIO, "pread", counting_pread)
     # parts that straddle the source's part boundaries (5 MiB) and end with its last byte
     ranges = [(0, 6 * MIB - 1), (6 * MIB, 12 * MIB - 1), (12 * MIB, size - 1)]
     upload_id = client.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]
