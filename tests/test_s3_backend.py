@@ -573,7 +573,7 @@ def test_part_copy_without_permission_to_read_tags_goes_without_them(
         raise ClientError(error, "GetObjectTagging")
 
     monkeypatch.setattr(s3._client, "get_object_tagging", denied)
-    with caplog.at_level(logging.INFO, logger="wsfuse.backends.s3"):
+    with caplog.at_level(logging.INFO, logger="wsfuse.backends.s3copy"):
         info = s3.copy("src", "dst")
     assert "goes without its tags" in caplog.text
     assert info.metadata == {"mode": "1"} and s3.head("dst").size == 2 * MIN_PART_SIZE

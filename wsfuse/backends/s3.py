@@ -10,9 +10,8 @@ layer itself.
 Ranged GETs and part uploads, the hot requests, skip the client pipeline (`s3direct`: the
 same signer, HTTP session and error mapping, at less CPU per request and per byte).
 
-Errors are mapped in one function, `map_error`, onto `wsfuse.errors`: missing keys and uploads
-are `NotFound`, 403s are `PermissionDenied` with a hint about credentials, 5xx / throttling /
-timeouts / resets are `Transient`.
+Errors are mapped in one function, `map_error` (`s3wire`, with the rest of what S3's answers
+mean in wsfuse's terms); `copy`, a server-side copy that may go in parallel parts, is `s3copy`.
 """
 
 from __future__ import annotations
@@ -22,10 +21,7 @@ import builtins
 import contextlib
 import email.utils
 import logging
-import time
-import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,152 +36,42 @@ from botocore.config import Config
 from wsfuse import errors
 from wsfuse.backends.base import (
     DEFAULT_PAGE_SIZE,
-    MAX_PART_SIZE,
-    Backend,
     Capabilities,
     ListPage,
     ObjectInfo,
     OnBlock,
     PartInfo,
     UploadInfo,
-    part_size_for,
 )
 from wsfuse.backends.options import BackendOptions
+from wsfuse.backends.s3copy import (
+    MIN_COPY_PART,
+    PARALLEL_COPY_ABOVE,
+    ServerSideCopy,
+    copy_part_size,
+)
 from wsfuse.backends.s3direct import DirectS3
-
-log = logging.getLogger(__name__)
-
-#: A rename copies the object on the server. One CopyObject is one stream of server-side work;
-#: above this size the copy is split into parts copied in parallel (UploadPartCopy), as the AWS
-#: CLI does above 8 MiB and s3fs above 512 MiB (S3 refuses a single copy above 5 GiB anyway).
-#: Below it, one request is cheaper than three (create, parts, complete). 1 GiB on the local
-#: test server: 2.5 s as one CopyObject, 1.35 s as 16 parallel parts (docs/performance.md).
-PARALLEL_COPY_ABOVE = 256 * 1024 * 1024
-#: A parallel copy uses about `COPY_PARTS` parts of at least `MIN_COPY_PART` each.
-COPY_PARTS = 16
-MIN_COPY_PART = 64 * 1024 * 1024
-
-
-def copy_part_size(total_size: int, smallest: int = MIN_COPY_PART) -> int:
-    """Part size of a parallel copy of `total_size` bytes: about `COPY_PARTS` parts (MiB
-    multiples), never below `smallest`, never above S3's 5 GiB part limit (and within its
-    10,000 parts)."""
-    mib = 1024 * 1024
-    even = -(-total_size // COPY_PARTS)
-    even = -(-even // mib) * mib
-    return part_size_for(total_size, min(MAX_PART_SIZE, max(smallest, even)))
-
-
-#: Answers of S3-compatible stores that do not implement a request (object tagging, say).
-_UNSUPPORTED = frozenset({"NotImplemented", "MethodNotAllowed"})
-#: What CopyObject keeps (`MetadataDirective=COPY`) besides user metadata, which a multipart
-#: copy must pass to CreateMultipartUpload itself (HeadObject names = the call's arguments).
-_CONTENT_HEADERS = (
-    "ContentType",
-    "ContentEncoding",
-    "ContentDisposition",
-    "ContentLanguage",
-    "CacheControl",
+from wsfuse.backends.s3wire import (
+    WRONG_REGION,
+    bare_etag,
+    is_range_error,
+    map_error,
+    object_info,
+    quoted_etag,
+    response_time,
+    timestamp,
+    user_metadata,
 )
 
+# What callers (and tests) import from here, wherever it is defined.
+__all__ = ["PARALLEL_COPY_ABOVE", "S3Backend", "copy_part_size", "map_error"]
 
-def _content_headers(head: Mapping[str, Any]) -> dict[str, Any]:
-    """The `_CONTENT_HEADERS` a HeadObject answer carries, as copy arguments."""
-    return {name: head[name] for name in _CONTENT_HEADERS if head.get(name)}
-
-
-def _object_info(key: str, resp: Mapping[str, Any]) -> ObjectInfo:
-    return ObjectInfo(
-        key=key,
-        size=int(resp["ContentLength"]),
-        etag=_strip(resp["ETag"]),
-        mtime=_timestamp(resp["LastModified"]),
-        metadata=dict(resp.get("Metadata", {})),
-    )
-
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-_NOT_FOUND = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchUpload", "NoSuchVersion"})
-_PRECONDITION = frozenset({"PreconditionFailed", "412"})
-_DENIED = frozenset(
-    {
-        "403",
-        "AccessDenied",
-        "Forbidden",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "InvalidToken",
-        "TokenRefreshRequired",
-        "InvalidClientTokenId",
-        "AllAccessDisabled",
-        "AccountProblem",
-    }
-)
-_TRANSIENT = frozenset(
-    {
-        "SlowDown",
-        "503",
-        "500",
-        "502",
-        "504",
-        "429",
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequests",
-        "RequestLimitExceeded",
-        "BandwidthLimitExceeded",
-        "InternalError",
-        "ServiceUnavailable",
-        "PriorRequestNotComplete",
-        # a concurrent conditional write on the same key: S3 says to retry
-        "ConditionalRequestConflict",
-        "OperationAborted",
-        # the body's checksum did not match: corrupted on the way, send it again
-        "BadDigest",
-    }
-)
-_WRONG_REGION = frozenset(
-    {
-        "PermanentRedirect",
-        "301",
-        "AuthorizationHeaderMalformed",
-        "IllegalLocationConstraintException",
-    }
-)
-_INVALID_KEY = frozenset({"KeyTooLongError"})
-_CREDENTIALS_HINT = (
-    "check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-    "~/.aws/credentials or the instance role) and that they may access this bucket"
-)
-_NO_CREDENTIALS = (
-    "no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
-    "instance role"
-)
-# Failures of the connection itself: worth retrying (the retry layer gives up at its deadline).
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    botocore.exceptions.EndpointConnectionError,
-    botocore.exceptions.ConnectTimeoutError,
-    botocore.exceptions.ReadTimeoutError,
-    botocore.exceptions.ConnectionClosedError,
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.HTTPClientError,  # ResponseStreamingError, ...
-    botocore.exceptions.IncompleteReadError,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.HTTPError,
-    OSError,
-)
-
-
-def _strip(etag: str) -> str:
-    return etag.strip().strip('"')
 
 
 def _crc32c(data: bytes) -> str:
@@ -197,14 +83,10 @@ def _crc32c(data: bytes) -> str:
 
 
 def _part_entry(part: PartInfo) -> dict[str, Any]:
-    entry: dict[str, Any] = {"PartNumber": part.number, "ETag": _quote(part.etag)}
+    entry: dict[str, Any] = {"PartNumber": part.number, "ETag": quoted_etag(part.etag)}
     if part.checksum:
         entry["ChecksumCRC32C"] = part.checksum
     return entry
-
-
-def _quote(etag: str) -> str:
-    return etag if etag.startswith('"') or etag == "*" else f'"{etag}"'
 
 
 def _parse_timestamp(value: str) -> datetime:
@@ -221,108 +103,7 @@ def _parse_timestamp(value: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _timestamp(value: datetime) -> float:
-    return value.timestamp()
-
-
-def _response_time(response: Mapping[str, Any]) -> float:
-    """The server's Date header of a response (S3 sets Last-Modified to the request time)."""
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    if date:
-        with contextlib.suppress(TypeError, ValueError):
-            return email.utils.parsedate_to_datetime(date).timestamp()
-    return time.time()
-
-
-def map_error(
-    exc: BaseException,
-    *,
-    op: str,
-    bucket: str,
-    key: str | None = None,
-    endpoint: str = "S3",
-) -> errors.BackendError:
-    """The `wsfuse.errors` equivalent of a boto3/botocore/urllib3 failure."""
-    where = f"s3://{bucket}/{key}" if key is not None else f"s3://{bucket}"
-    if isinstance(exc, errors.BackendError):
-        return exc
-    if isinstance(exc, botocore.exceptions.ClientError):
-        err = exc.response.get("Error", {})
-        meta = exc.response.get("ResponseMetadata", {})
-        code = str(err.get("Code") or "")
-        status = int(meta.get("HTTPStatusCode") or 0)
-        text = str(err.get("Message") or "").strip()
-        detail = f"{code}{' ' + repr(text) if text else ''} (HTTP {status or '?'})"
-        if code == "NoSuchBucket":
-            return errors.BucketNotFound(
-                f"bucket {bucket!r} does not exist at {endpoint}; check the bucket name in the "
-                "storage URI (and --endpoint-url / --region), or create the bucket first",
-                key=key,
-            )
-        if code in _NOT_FOUND:
-            return errors.NotFound(f"{op} {where}: not found ({detail})", key=key)
-        if code in _PRECONDITION:
-            return errors.PreconditionFailed(
-                f"{op} {where}: the object is not the expected version ({detail})", key=key
-            )
-        if code in _DENIED:
-            return errors.PermissionDenied(
-                f"{op} {where}: access denied ({detail}); {_CREDENTIALS_HINT}", key=key
-            )
-        if code in _TRANSIENT or status >= 500 or status == 429:
-            return errors.Transient(f"{op} {where}: {detail} from {endpoint}", key=key)
-        if code in _WRONG_REGION:
-            return errors.BackendError(
-                f"{op} {where}: {detail}; the bucket is probably in another region: pass "
-                "--region (or set AWS_REGION) to the bucket's region",
-                key=key,
-            )
-        if code in _INVALID_KEY:
-            return errors.InvalidKey(f"{op} {where}: {detail}", key=key)
-        return errors.BackendError(f"{op} {where}: {detail}", key=key)
-    if isinstance(
-        exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
-    ):
-        return errors.PermissionDenied(_NO_CREDENTIALS, key=key)
-    if isinstance(exc, botocore.exceptions.CredentialRetrievalError):
-        return errors.PermissionDenied(
-            f"cannot load AWS credentials ({exc}); {_CREDENTIALS_HINT}", key=key
-        )
-    if isinstance(exc, botocore.exceptions.SSLError):
-        return errors.BackendError(
-            f"{op} {where}: TLS error talking to {endpoint}: {exc}; check the endpoint URL and "
-            "AWS_CA_BUNDLE",
-            key=key,
-        )
-    if isinstance(
-        exc, botocore.exceptions.ConnectTimeoutError | botocore.exceptions.EndpointConnectionError
-    ):
-        return errors.Transient(
-            f"{op} {where}: cannot connect to {endpoint} ({type(exc).__name__}); check "
-            "--endpoint-url and the network",
-            key=key,
-        )
-    if isinstance(exc, botocore.exceptions.ReadTimeoutError):
-        return errors.Transient(
-            f"{op} {where}: no answer from {endpoint} in time ({type(exc).__name__})", key=key
-        )
-    if isinstance(exc, _CONNECTION_ERRORS):
-        return errors.Transient(
-            f"{op} {where}: connection to {endpoint} failed ({type(exc).__name__}: {exc})",
-            key=key,
-        )
-    if isinstance(exc, botocore.exceptions.ParamValidationError):
-        return errors.InvalidKey(f"{op} {where}: {exc}", key=key)
-    return errors.BackendError(f"{op} {where}: {type(exc).__name__}: {exc}", key=key)
-
-
-def _is_range_error(exc: botocore.exceptions.ClientError) -> bool:
-    code = str(exc.response.get("Error", {}).get("Code") or "")
-    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return code == "InvalidRange" or (status == 416 and code in ("", "416"))
-
-
-class S3Backend(Backend):
+class S3Backend(ServerSideCopy):
     """One S3 bucket (or an S3-compatible store at `options.endpoint_url`)."""
 
     def __init__(self, bucket: str, options: BackendOptions) -> None:
@@ -406,7 +187,7 @@ class S3Backend(Backend):
             return request(direct)
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code") or "")
-            if code not in _WRONG_REGION:
+            if code not in WRONG_REGION:
                 raise
             log.info(
                 "s3://%s answers %s to requests signed for region %s: letting boto3 follow "
@@ -425,7 +206,7 @@ class S3Backend(Backend):
     # ------------------------------------------------------------------ reads
 
     def head(self, key: str) -> ObjectInfo:
-        return _object_info(key, self._head_response(key))
+        return object_info(key, self._head_response(key))
 
     def _head_response(self, key: str) -> Mapping[str, Any]:
         with self._mapped("head", key):
@@ -473,7 +254,7 @@ class S3Backend(Backend):
             "Range": f"bytes={offset}-{offset + length - 1}",
         }
         if if_match is not None:
-            kwargs["IfMatch"] = _quote(if_match)
+            kwargs["IfMatch"] = quoted_etag(if_match)
         pieces: list[bytes] = []
 
         def consume(body: Any, status: int, expected: int) -> None:
@@ -507,7 +288,7 @@ class S3Backend(Backend):
                         body.close()
         except errors.BackendError as exc:
             cause = exc.__cause__
-            if isinstance(cause, botocore.exceptions.ClientError) and _is_range_error(cause):
+            if isinstance(cause, botocore.exceptions.ClientError) and is_range_error(cause):
                 return [b""]  # at or past the end of the object: S3 answers 416
             raise
         if status == 200:  # the store ignored the Range (some do, e.g. for empty objects)
@@ -546,8 +327,8 @@ class S3Backend(Backend):
             ObjectInfo(
                 key=item["Key"],
                 size=int(item["Size"]),
-                etag=_strip(item.get("ETag", "")),
-                mtime=_timestamp(item["LastModified"]),
+                etag=bare_etag(item.get("ETag", "")),
+                mtime=timestamp(item["LastModified"]),
                 metadata=None,
             )
             for item in resp.get("Contents", [])
@@ -567,7 +348,7 @@ class S3Backend(Backend):
         if_match: str | None = None,
         if_none_match: bool = False,
     ) -> ObjectInfo:
-        meta = _metadata(metadata)
+        meta = user_metadata(metadata)
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -577,7 +358,7 @@ class S3Backend(Backend):
         if self._checksums:
             kwargs["ChecksumCRC32C"] = _crc32c(data)
         if if_match is not None:
-            kwargs["IfMatch"] = _quote(if_match)
+            kwargs["IfMatch"] = quoted_etag(if_match)
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         with self._mapped("put", key):
@@ -585,8 +366,8 @@ class S3Backend(Backend):
         return ObjectInfo(
             key=key,
             size=len(data),
-            etag=_strip(resp["ETag"]),
-            mtime=_response_time(resp),
+            etag=bare_etag(resp["ETag"]),
+            mtime=response_time(resp),
             metadata=meta,
         )
 
@@ -602,7 +383,7 @@ class S3Backend(Backend):
         kwargs: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
-            "Metadata": _metadata(metadata),
+            "Metadata": user_metadata(metadata),
             **extra,
         }
         if checksums:
@@ -630,7 +411,7 @@ class S3Backend(Backend):
                 if checksum:
                     kwargs["ChecksumCRC32C"] = checksum
                 etag = self._client.upload_part(**kwargs)["ETag"]
-        return PartInfo(number=number, etag=_strip(etag), size=len(data), checksum=checksum)
+        return PartInfo(number=number, etag=bare_etag(etag), size=len(data), checksum=checksum)
 
     def complete_multipart(
         self,
@@ -649,7 +430,7 @@ class S3Backend(Backend):
             "MultipartUpload": {"Parts": [_part_entry(p) for p in ordered]},
         }
         if if_match is not None:
-            kwargs["IfMatch"] = _quote(if_match)
+            kwargs["IfMatch"] = quoted_etag(if_match)
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         with self._mapped("complete_multipart", key):
@@ -657,8 +438,8 @@ class S3Backend(Backend):
         return ObjectInfo(
             key=key,
             size=sum(p.size for p in ordered),
-            etag=_strip(resp["ETag"]),
-            mtime=_response_time(resp),
+            etag=bare_etag(resp["ETag"]),
+            mtime=response_time(resp),
             metadata=None,
         )
 
@@ -691,7 +472,7 @@ class S3Backend(Backend):
                         UploadInfo(
                             key=key,
                             upload_id=upload["UploadId"],
-                            initiated=_timestamp(initiated) if initiated else 0.0,
+                            initiated=timestamp(initiated) if initiated else 0.0,
                         )
                     )
             next_key = resp.get("NextKeyMarker")
@@ -701,120 +482,6 @@ class S3Backend(Backend):
             ):
                 return uploads
             key_marker, upload_marker = next_key, next_upload
-
-    def copy(self, src: str, dst: str, *, metadata: Mapping[str, str] | None = None) -> ObjectInfo:
-        head = self._head_response(src)
-        source = _object_info(src, head)
-        new_meta = dict(source.metadata or {}) if metadata is None else _metadata(metadata)
-        if src == dst and metadata is None:
-            return source  # S3 refuses a copy onto itself that changes nothing
-        if source.size > self.max_single_copy:
-            return self._multipart_copy(src, dst, source, new_meta, head)
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": dst,
-            "CopySource": {"Bucket": self.bucket, "Key": src},
-            # pin the version we measured: a concurrent overwrite fails instead of mixing
-            "CopySourceIfMatch": _quote(source.etag),
-            "MetadataDirective": "COPY" if metadata is None else "REPLACE",
-        }
-        if metadata is not None:
-            kwargs["Metadata"] = new_meta
-            # REPLACE replaces the content headers too: keep the source's, as COPY does.
-            kwargs.update(_content_headers(head))
-        try:
-            with self._mapped("copy", src):
-                resp = self._client.copy_object(**kwargs)
-        except errors.PreconditionFailed as exc:
-            raise errors.Transient(
-                f"copy s3://{self.bucket}/{src}: the source changed during the copy", key=src
-            ) from exc
-        result = resp.get("CopyObjectResult", {})
-        modified = result.get("LastModified")
-        return ObjectInfo(
-            key=dst,
-            size=source.size,
-            etag=_strip(result.get("ETag", "")),
-            mtime=_timestamp(modified) if modified else _response_time(resp),
-            metadata=new_meta,
-        )
-
-    def _multipart_copy(
-        self,
-        src: str,
-        dst: str,
-        source: ObjectInfo,
-        metadata: dict[str, str],
-        head: Mapping[str, Any],
-    ) -> ObjectInfo:
-        """Server-side copy in parts (UploadPartCopy, 8 at a time), for sources above
-        `max_single_copy`. What a CopyObject keeps by itself (content headers, tags) is
-        passed to the new upload from the source's HEAD (`head`) and its tags."""
-        part_size = copy_part_size(source.size, self.copy_part_size)
-        ranges = [
-            (number, offset, min(part_size, source.size - offset))
-            for number, offset in enumerate(range(0, source.size, part_size), start=1)
-        ]
-        copy_source = {"Bucket": self.bucket, "Key": src}
-
-        def copy_part(spec: tuple[int, int, int]) -> PartInfo:
-            number, offset, length = spec
-            with self._mapped(f"copy part {number}", src):
-                resp = self._client.upload_part_copy(
-                    Bucket=self.bucket,
-                    Key=dst,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    CopySource=copy_source,  # type: ignore[arg-type]
-                    CopySourceRange=f"bytes={offset}-{offset + length - 1}",
-                    CopySourceIfMatch=_quote(source.etag),
-                )
-            return PartInfo(number=number, etag=_strip(resp["CopyPartResult"]["ETag"]), size=length)
-
-        carried = _content_headers(head)
-        tagging = self._tagging_of(src)
-        if tagging:
-            carried["Tagging"] = tagging
-        upload_id = self._create_multipart(dst, metadata, checksums=False, **carried)
-        try:
-            workers = max(1, min(8, len(ranges), self.options.max_connections))
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="s3-copy")
-            try:
-                parts = list(pool.map(copy_part, ranges))
-            finally:  # after a failed part, the parts not started yet are not copied
-                pool.shutdown(wait=True, cancel_futures=True)
-            info = self.complete_multipart(dst, upload_id, parts)
-        except BaseException as exc:
-            with contextlib.suppress(errors.BackendError):
-                self.abort_multipart(dst, upload_id)
-            if isinstance(exc, errors.PreconditionFailed):
-                raise errors.Transient(
-                    f"copy s3://{self.bucket}/{src}: the source changed during the copy", key=src
-                ) from exc
-            raise
-        return ObjectInfo(
-            key=dst, size=source.size, etag=info.etag, mtime=info.mtime, metadata=metadata
-        )
-
-    def _tagging_of(self, key: str) -> str:
-        """The object's tags as a query string for a new upload, "" without tags or without
-        permission to read them (s3:GetObjectTagging): a copy then goes without its tags
-        rather than failing, as it would have to without that permission anyway."""
-        try:
-            with self._mapped("get tagging", key):
-                tags = self._client.get_object_tagging(Bucket=self.bucket, Key=key)["TagSet"]
-        except errors.BackendError as exc:
-            cause = exc.__cause__
-            unsupported = isinstance(cause, botocore.exceptions.ClientError) and (
-                cause.response.get("Error", {}).get("Code") in _UNSUPPORTED
-                or cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 501
-            )
-            if isinstance(exc, errors.Transient) and not unsupported:
-                raise
-            log.info("copy of s3://%s/%s goes without its tags: %s", self.bucket, key, exc)
-            return ""
-        pairs = [(t["Key"], t["Value"]) for t in tags]
-        return urllib.parse.urlencode(pairs, quote_via=urllib.parse.quote)
 
     def delete(self, key: str) -> None:
         try:
@@ -845,8 +512,3 @@ class S3Backend(Backend):
         if self._direct is not None:
             self._direct.close()
         self._client.close()
-
-
-def _metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
-    """User metadata as S3 stores it: names lower-cased (HTTP headers are case-insensitive)."""
-    return {str(k).lower(): str(v) for k, v in (metadata or {}).items()}

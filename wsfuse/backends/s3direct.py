@@ -12,7 +12,7 @@ session (proxies, TLS verification, timeouts, pool) -- except GETs to an endpoin
 a proxy or client certificate, which `plainhttp.PlainHttp` writes to its own keep-alive
 connections (another ~0.9 ms of client CPU less per request; over TLS checked against the
 same CA bundle) -- and failures arrive as botocore
-exceptions or as a `ClientError` built from S3's XML error body, so `s3.map_error` maps both
+exceptions or as a `ClientError` built from S3's XML error body, so `s3wire.map_error` maps both
 paths the same way. The base URL (virtual-hosted or path style, region) is taken from a
 presigned URL the client builds once, so addressing follows botocore's rules exactly.
 
