@@ -15,7 +15,7 @@ a new one (only when no byte of the answer arrived: a GET is safe to resend), in
 answers skipped, bodies with a length, chunked bodies (S3 errors may come that way) and
 bodies ended by the close. Plain TCP reads a block with one `recv(MSG_WAITALL)` (the read
 timeout as `SO_RCVTIMEO`, as in `httpbody.BlockBody`); TLS reads it record by record into one
-buffer. Failures raise what urllib3 would make botocore raise, so `s3.map_error` treats both
+buffer. Failures raise what urllib3 would make botocore raise, so `s3wire.map_error` treats both
 paths alike.
 """
 
