@@ -27,7 +27,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from wsfuse.cache import blockcache, schema
+from wsfuse.cache import blockcache, schema, space
 from wsfuse.cache.blockcache import BlockCache
 from wsfuse.cache.index import MetadataIndex
 from wsfuse.cache.lock import CacheDirLock
@@ -458,7 +458,7 @@ def test_free_space_is_sampled_far_from_the_guard_and_measured_near_it(
 
     cache = open_cache(min_free=1 << 30)
     monkeypatch.setattr(cache, "_statvfs_free", statvfs_free)
-    monkeypatch.setattr(blockcache, "FREE_SAMPLE_SECONDS", 3600.0)  # no wall-clock race
+    monkeypatch.setattr(space, "FREE_SAMPLE_SECONDS", 3600.0)  # no wall-clock race
     keys = [BlockKey("k", "e", i) for i in range(8)]
     for bkey in keys[:4]:
         cache.put(bkey, block_data(bkey))

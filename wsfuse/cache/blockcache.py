@@ -13,12 +13,9 @@ in-memory map, the index and the files change together:
 
     LOCK ORDER: BlockCache._lock before LMDB's write lock (the index never calls back).
 
-A block id is in at most one of three places, each guarded by `_lock`:
-    `_entries`    cached: the file is complete and recorded (the LRU, least recent first);
-    `_writing`    a put is writing its temp file; nobody else writes or removes that id;
-    `_unlinking`  removal decided (eviction, invalidation, corruption), file not yet gone;
-                  a put of that id is skipped until it is gone, so a fresh file is never
-                  deleted by a late unlink.
+Where each block id is (cached, being written, being removed), the bytes it takes and which
+blocks to evict are `CacheSpace`'s (space.py), which BlockCache extends; reconciling the
+directory with the index at startup is recovery.py.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ import itertools
 import logging
 import math
 import os
-import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -42,10 +38,17 @@ import lmdb
 
 from wsfuse import directio
 from wsfuse.cache import schema
-from wsfuse.cache.blockfile import BlockFileWriter, direct_padding, read_block_file
+from wsfuse.cache.blockfile import (
+    BlockFileWriter,
+    direct_padding,
+    read_block_file,
+    unlink_quietly,
+)
 from wsfuse.cache.index import MetadataIndex
 from wsfuse.cache.lock import CacheDirLock
+from wsfuse.cache.recovery import reconcile
 from wsfuse.cache.schema import BlockKey, BlockRecord, block_id, block_relpath
+from wsfuse.cache.space import CacheSpace, DiskFree
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +67,6 @@ SKIP_WARNING_INTERVAL: Final = 60.0
 #: Reads of a block file that vanish under a concurrent eviction before `get` calls it a miss.
 GET_ATTEMPTS: Final = 4
 
-#: The free-space guard measures the disk (`statvfs`) at most once per this many seconds
-#: while it is more than `FREE_SAMPLE_MARGIN` above the guard, counting every byte written
-#: since as used: a cold read stores a block per MiB, and each `statvfs` was one more system
-#: call (one more GIL round trip) per block. Closer to the guard, it measures on every put.
-#: The trade-off: another process that writes more than the margin within the interval can
-#: take the disk below the guard until the next measurement (at most a second later).
-FREE_SAMPLE_SECONDS: Final = 1.0
-FREE_SAMPLE_MARGIN: Final = 1 << 30
-
-#: Free bytes on the cache's filesystem (injectable so tests can simulate a full disk).
-DiskFree = Callable[[], int]
 #: Wall-clock seconds for access times (injectable so tests control the LRU order).
 Clock = Callable[[], float]
 
@@ -100,7 +92,7 @@ class CacheStatistics:
     skipped: int
 
 
-class BlockCache:
+class BlockCache(CacheSpace):
     """Blocks of object versions, as files in `directory`, bounded by `capacity` bytes of data
     and by keeping at least `min_free` bytes free on the filesystem.
 
@@ -128,39 +120,20 @@ class BlockCache:
     ) -> None:
         if block_size <= 0 or capacity < 0 or min_free < 0:
             raise ValueError("block_size must be positive, capacity and min_free non-negative")
+        super().__init__(capacity=capacity, min_free=min_free, disk_free=disk_free)
         self._directory = directory
         self._block_size = block_size
-        self._capacity = capacity
-        self._min_free = min_free
         self._clock = clock
         self._dir = os.fspath(directory)
         self._tmp_dir = os.path.join(self._dir, schema.TMP_DIR)
-        self._disk_free = disk_free or self._sampled_free
-        self._free_sample: tuple[int, float] | None = None  # (bytes free, monotonic time)
-        self._written_since_sample = 0  # disk bytes of puts ended since that sample
         self._tmp_names = itertools.count()  # next() is atomic under the GIL
         self._files = BlockFileWriter()
 
         self._lock = threading.Lock()
-        # GUARDED_BY: _lock (everything below)
-        # INVARIANT: _entries, _writing and _unlinking are pairwise disjoint.
-        # INVARIANT: id in _entries => its file is complete and its index record written.
-        self._entries: OrderedDict[bytes, int] = OrderedDict()  # id -> data size, LRU first
-        self._cached_bytes = 0  # INVARIANT: == sum(_entries.values())
-        self._writing: set[bytes] = set()
-        self._doomed: set[bytes] = set()  # INVARIANT: subset of _writing (invalidated mid-put)
-        self._unlinking: dict[bytes, int] = {}  # id -> data size
-        self._unlinking_bytes = 0  # INVARIANT: == sum(_unlinking.values())
-        # Capacity and disk space promised to puts in flight.
-        # INVARIANT: _cached_bytes + _reserved <= capacity, whenever _lock is released.
-        self._reserved = 0
-        self._reserved_disk = 0
+        # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)
         self._dirty_atimes: dict[bytes, float] = {}
         self._atimes_dirty_since = math.inf  # monotonic time of the oldest unflushed access
-        self._hits = self._misses = self._corrupt = self._evictions = 0
-        # Blocks taken out of _entries so far: a `get` whose file vanished tells an eviction
-        # or invalidation in between (a miss) from a file removed behind the cache's back.
-        self._removals = 0
+        self._hits = self._misses = self._corrupt = 0
         self._bytes_written = self._skipped = 0
         self._last_skip_warning = -math.inf
         self._skips_unreported = 0
@@ -341,7 +314,7 @@ class BlockCache:
                 with self._lock:
                     self._end_write_locked(bid, size, disk_bytes)
             if not renamed:
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
         if failure is not None:
             self._skip(failure, warn=True)
 
@@ -363,7 +336,7 @@ class BlockCache:
         try:
             self._index.put_many(schema.DB_BLOCKS, [(bid, record)])
         except lmdb.Error as exc:
-            _unlink_quietly(path)
+            unlink_quietly(path)
             return f"cannot record it in the index: {exc}"
         self._entries[bid] = size
         self._cached_bytes += size
@@ -452,56 +425,7 @@ class BlockCache:
             victim = self._pop_locked(bid, evicted=False)
         self._remove([victim])
 
-    # ------------------------------------------------------------------ writing and eviction
-
-    def _reserve_locked(
-        self, size: int, disk_bytes: int
-    ) -> tuple[list[tuple[bytes, int]], tuple[str, bool] | None]:
-        """Pick LRU victims so that `size` more bytes fit the capacity and `disk_bytes` more
-        keep `min_free` free. Returns the victims (already out of `_entries`, to be removed by
-        the caller) and, if the block cannot be cached, `(reason, warn)`."""
-        victims: list[tuple[bytes, int]] = []
-        if size + self._reserved > self._capacity:
-            # Larger than the cache, or the cache is taken by writes in flight: evicting
-            # would not help.
-            return victims, (f"the cache capacity ({self._capacity} bytes) is too small", False)
-        while self._cached_bytes + self._reserved + size > self._capacity:
-            victims.append(self._pop_lru_locked())
-        try:
-            free = self._disk_free()
-        except OSError as exc:
-            return victims, (f"cannot measure free space: {exc}", True)
-        # Space being freed by removals in flight counts as free; space promised to writes in
-        # flight does not. So concurrent puts neither over-evict nor overshoot the guard.
-        free += self._unlinking_bytes - self._reserved_disk
-        needed = self._min_free + disk_bytes
-        while free < needed and self._entries:
-            victim = self._pop_lru_locked()
-            victims.append(victim)
-            free += victim[1]
-        if free < needed:
-            return victims, (
-                f"free space on {self._dir} is below the guard of {self._min_free} bytes "
-                f"(--min-free) and nothing is left to evict",
-                True,
-            )
-        return victims, None
-
-    def _pop_lru_locked(self) -> tuple[bytes, int]:
-        bid = next(iter(self._entries))
-        return self._pop_locked(bid, evicted=True)
-
-    def _pop_locked(self, bid: bytes, *, evicted: bool) -> tuple[bytes, int]:
-        """Move `bid` from `_entries` to `_unlinking`; the caller then calls `_remove`."""
-        size = self._entries.pop(bid)
-        self._removals += 1
-        self._cached_bytes -= size
-        self._unlinking[bid] = size
-        self._unlinking_bytes += size
-        self._dirty_atimes.pop(bid, None)
-        if evicted:
-            self._evictions += 1
-        return bid, size
+    # ------------------------------------------------------------------ removal and skips
 
     def _remove(self, victims: Sequence[tuple[bytes, int]]) -> None:
         """Delete the files and records of `victims` (ids in `_unlinking`), outside the lock:
@@ -523,17 +447,6 @@ class BlockCache:
             for bid, size in victims:
                 if self._unlinking.pop(bid, None) is not None:
                     self._unlinking_bytes -= size
-
-    def _end_write_locked(self, bid: bytes, size: int, disk_bytes: int) -> bool:
-        """Release a put's reservation; returns whether the block was invalidated meanwhile."""
-        self._writing.discard(bid)
-        self._reserved -= size
-        self._reserved_disk -= disk_bytes
-        self._written_since_sample += disk_bytes  # written or not: counted as used
-        if bid in self._doomed:
-            self._doomed.discard(bid)
-            return True
-        return False
 
     def _skip(self, reason: str, warn: bool = False) -> None:
         """Count a put that was not cached; WARN at most once per `SKIP_WARNING_INTERVAL`."""
@@ -581,33 +494,13 @@ class BlockCache:
     # ------------------------------------------------------------------ startup
 
     def _recover(self) -> None:
-        """Reconcile the directory with the index after whatever happened before: remove crash
-        debris in tmp/, block files the index does not record (killed between rename and
-        record), records whose file is gone; rebuild the LRU from the recorded access times;
-        evict down to the capacity (it may have been lowered)."""
+        """Reconcile the directory with the index after whatever happened before (crash
+        debris in tmp/, block files the index does not record, records whose file is gone:
+        recovery.py); rebuild the LRU from the recorded access times; evict down to the
+        capacity (it may have been lowered)."""
         started = time.monotonic()
-        os.makedirs(self._tmp_dir, exist_ok=True)
-        with os.scandir(self._tmp_dir) as debris:
-            for entry in debris:
-                _remove_entry(entry)
-        files = self._scan_block_files()
-        live: list[tuple[float, bytes, int]] = []
-        stale: list[bytes] = []
-        for bid, value in self._index.items(schema.DB_BLOCKS):
-            try:
-                record = BlockRecord.unpack(value)
-            except ValueError:  # a record of the wrong size
-                record = None
-            if bid in files and record is not None:
-                files.discard(bid)
-                live.append((record.atime, bid, record.size))
-            else:
-                stale.append(bid)  # its file (if any) stays in `files` and is removed below
-        for bid in files:
-            _unlink_quietly(self._path(bid))
-        if stale:
-            self._index.delete_many(schema.DB_BLOCKS, stale)
-        live.sort()
+        found = reconcile(self._dir, self._tmp_dir, self._index)
+        live = sorted(found.live)
         with self._lock:
             self._entries = OrderedDict((bid, size) for _, bid, size in live)
             self._cached_bytes = sum(self._entries.values())
@@ -622,88 +515,16 @@ class BlockCache:
             self._dir,
             len(live) - len(victims),
             self._cached_bytes,
-            len(files),
-            len(stale),
+            found.orphans,
+            found.stale,
             len(victims),
             time.monotonic() - started,
         )
-
-    def _scan_block_files(self) -> set[bytes]:
-        """Ids of the well-named block files; anything else under blocks/ is removed."""
-        found: set[bytes] = set()
-        blocks_dir = os.path.join(self._dir, schema.BLOCKS_DIR)
-        os.makedirs(blocks_dir, exist_ok=True)
-        with os.scandir(blocks_dir) as subdirs:
-            for sub in subdirs:
-                fan = _parse_fanout_name(sub.name)
-                if fan is None or not sub.is_dir(follow_symlinks=False):
-                    _remove_entry(sub)
-                    continue
-                with os.scandir(sub.path) as entries:
-                    for entry in entries:
-                        bid = _parse_block_name(entry.name)
-                        if bid is not None and schema.fanout_of(bid) == fan:
-                            found.add(bid)
-                        else:
-                            _remove_entry(entry)
-        return found
 
     # ------------------------------------------------------------------ helpers
 
     def _path(self, bid: bytes) -> str:
         return f"{self._dir}/{block_relpath(bid)}"
-
-    def _sampled_free(self) -> int:
-        """Free bytes on the cache's disk, from a recent `statvfs` when far from the guard
-        (see `FREE_SAMPLE_SECONDS`). Called under `_lock`."""
-        now = time.monotonic()
-        if self._free_sample is not None and now - self._free_sample[1] < FREE_SAMPLE_SECONDS:
-            estimate = self._free_sample[0] - self._written_since_sample
-            if estimate - self._min_free > FREE_SAMPLE_MARGIN:
-                return estimate
-        free = self._statvfs_free()
-        self._free_sample = (free, now)
-        self._written_since_sample = 0
-        return free
-
-    def _statvfs_free(self) -> int:
-        st = os.statvfs(self._dir)
-        return st.f_bavail * st.f_frsize  # what an unprivileged writer can use
-
-
-_HEX_DIGITS: Final = frozenset("0123456789abcdef")
-
-
-def _parse_fanout_name(name: str) -> int | None:
-    if len(name) != 2 or not set(name) <= _HEX_DIGITS:
-        return None
-    return int(name, 16)
-
-
-def _remove_entry(entry: os.DirEntry[str]) -> None:
-    if entry.is_dir(follow_symlinks=False):
-        shutil.rmtree(entry.path, ignore_errors=True)
-    else:
-        _unlink_quietly(entry.path)
-
-
-def _parse_block_name(name: str) -> bytes | None:
-    if len(name) != 2 * schema.BLOCK_ID_SIZE:
-        return None
-    try:
-        bid = bytes.fromhex(name)
-    except ValueError:
-        return None
-    return bid if bid.hex() == name else None  # only the canonical spelling is ours
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        log.warning("cannot remove %s: %s", path, exc)
 
 
 def _describe_write_error(exc: OSError) -> str:

@@ -192,3 +192,14 @@ def read_block_file(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
     if google_crc32c.value(data) != header.crc32c:
         return "data does not match its CRC32C"
     return data
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove the file at `path` if it is there; a failure is logged, never raised (a file
+    the cache cannot remove costs space, not correctness)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", path, exc)

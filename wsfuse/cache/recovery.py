@@ -1,0 +1,108 @@
+"""Startup: the cache directory reconciled with the index after whatever happened before.
+
+A killed process can leave temp files in tmp/ (a put in progress), block files the index does
+not record (killed between rename and record) and records whose file is gone (killed between
+an eviction's unlink and its record's deletion); so can an OS crash, and anything else found
+under blocks/ is not ours. `reconcile` removes all of it and returns the blocks that are both
+on disk and recorded. It opens no block file: contents are verified when they are read
+(docs/cache.md, "Crash safety" and "Startup").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Final
+
+from wsfuse.cache import schema
+from wsfuse.cache.blockfile import unlink_quietly
+from wsfuse.cache.index import MetadataIndex
+from wsfuse.cache.schema import BlockRecord, block_relpath
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciled:
+    """What `reconcile` kept and removed."""
+
+    #: (access time, id, data size) of every block with both a file and a record, unordered
+    live: list[tuple[float, bytes, int]]
+    #: block files without a (readable) record, removed
+    orphans: int
+    #: records without a file, deleted
+    stale: int
+
+
+def reconcile(directory: str, tmp_dir: str, index: MetadataIndex) -> Reconciled:
+    """Empty `tmp_dir`, remove what is not a well-named block file under `directory`'s
+    blocks/, and make files and "blocks" records agree: a file without a record is removed, a
+    record without a file deleted."""
+    os.makedirs(tmp_dir, exist_ok=True)
+    with os.scandir(tmp_dir) as debris:
+        for entry in debris:
+            _remove_entry(entry)
+    files = scan_block_files(directory)
+    live: list[tuple[float, bytes, int]] = []
+    stale: list[bytes] = []
+    for bid, value in index.items(schema.DB_BLOCKS):
+        try:
+            record = BlockRecord.unpack(value)
+        except ValueError:  # a record of the wrong size
+            record = None
+        if bid in files and record is not None:
+            files.discard(bid)
+            live.append((record.atime, bid, record.size))
+        else:
+            stale.append(bid)  # its file (if any) stays in `files` and is removed below
+    for bid in files:
+        unlink_quietly(f"{directory}/{block_relpath(bid)}")
+    if stale:
+        index.delete_many(schema.DB_BLOCKS, stale)
+    return Reconciled(live, len(files), len(stale))
+
+
+def scan_block_files(directory: str) -> set[bytes]:
+    """Ids of the well-named block files; anything else under blocks/ is removed."""
+    found: set[bytes] = set()
+    blocks_dir = os.path.join(directory, schema.BLOCKS_DIR)
+    os.makedirs(blocks_dir, exist_ok=True)
+    with os.scandir(blocks_dir) as subdirs:
+        for sub in subdirs:
+            fan = _parse_fanout_name(sub.name)
+            if fan is None or not sub.is_dir(follow_symlinks=False):
+                _remove_entry(sub)
+                continue
+            with os.scandir(sub.path) as entries:
+                for entry in entries:
+                    bid = _parse_block_name(entry.name)
+                    if bid is not None and schema.fanout_of(bid) == fan:
+                        found.add(bid)
+                    else:
+                        _remove_entry(entry)
+    return found
+
+
+_HEX_DIGITS: Final = frozenset("0123456789abcdef")
+
+
+def _parse_fanout_name(name: str) -> int | None:
+    if len(name) != 2 or not set(name) <= _HEX_DIGITS:
+        return None
+    return int(name, 16)
+
+
+def _remove_entry(entry: os.DirEntry[str]) -> None:
+    if entry.is_dir(follow_symlinks=False):
+        shutil.rmtree(entry.path, ignore_errors=True)
+    else:
+        unlink_quietly(entry.path)
+
+
+def _parse_block_name(name: str) -> bytes | None:
+    if len(name) != 2 * schema.BLOCK_ID_SIZE:
+        return None
+    try:
+        bid = bytes.fromhex(name)
+    except ValueError:
+        return None
+    return bid if bid.hex() == name else None  # only the canonical spelling is ours
