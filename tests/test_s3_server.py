@@ -123,6 +123,21 @@ def test_random_ranges_match_the_object(
     )
 
 
+def test_a_range_of_whole_parts_is_sent_without_a_copy() -> None:
+    """A ranged answer over several parts of a multipart object goes out part by part:
+    joining them cost the server a copy and a fresh allocation per answer, a penalty only
+    clients reading larger ranges than the upload's parts paid (s3fs, rclone in the bench)."""
+    parts = [bytes([i]) * 1000 for i in range(4)]
+    chunked = s3moto._ChunkedIO(s3moto._Chunks(parts))
+    whole = chunked.pieces(1000, 3000)
+    assert len(whole) == 2 and all(p is q for p, q in zip(whole, parts[1:3], strict=True))
+    partial = chunked.pieces(500, 3500)
+    assert [len(p) for p in partial] == [500, 1000, 1000, 500]
+    assert partial[1] is parts[1] and partial[2] is parts[2]
+    assert b"".join(partial) == b"".join(parts)[500:3500] == chunked.pread(500, 3500)
+    assert chunked.pieces(4000, 5000) == [b""]
+
+
 @pytest.mark.parametrize("layout", ["single", "multipart"])
 def test_upload_part_copy_reads_only_its_range(
     client: Any, bucket: str, layout: str, monkeypatch: pytest.MonkeyPatch

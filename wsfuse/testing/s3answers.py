@@ -19,7 +19,7 @@ from typing import Any
 
 import moto.s3.models
 
-from wsfuse.testing.s3moto import auth_disabled, b64_crc32c, read_range, s3_backend
+from wsfuse.testing.s3moto import auth_disabled, b64_crc32c, read_range_pieces, s3_backend
 from wsfuse.testing.s3requests import (
     COMPLETE_MPU,
     LIST_PARTS,
@@ -30,6 +30,9 @@ from wsfuse.testing.s3requests import (
     WSGIApp,
     WSGIEnviron,
 )
+
+#: An answer's body: bytes, or pieces sent one after the other (`s3moto.read_range_pieces`).
+Body = bytes | list[bytes]
 
 _RANGE = re.compile(r"bytes=(\d+)-(\d*)")
 # Conditional / SSE-C headers the fast path leaves to moto.
@@ -70,14 +73,16 @@ def respond(
     start: StartResponse,
     method: str,
     status: int,
-    body: bytes,
+    body: Body,
     headers: list[tuple[str, str]],
 ) -> list[bytes]:
     """Answer `status` and `body` as S3 does (a request id; XML for an error; no body for
-    HEAD), counting the body bytes in `entry`."""
+    HEAD), counting the body bytes in `entry`. A body in pieces is sent piece by piece."""
+    pieces = [body] if isinstance(body, bytes) else body
+    length = sum(map(len, pieces))
     all_headers = [
         ("x-amz-request-id", uuid.uuid4().hex[:16].upper()),
-        ("Content-Length", str(len(body))),
+        ("Content-Length", str(length)),
         *headers,
     ]
     if status >= 300:
@@ -85,8 +90,8 @@ def respond(
     start(f"{status} {_REASONS.get(status, 'Error')}", all_headers)
     if method == "HEAD":
         return []
-    entry.bytes_sent = len(body)
-    return [body]
+    entry.bytes_sent = length
+    return pieces
 
 
 def list_uploads(
@@ -121,7 +126,7 @@ def list_uploads(
 
 def range_get(
     environ: WSGIEnviron, bucket: str | None, key: str | None, params: set[str]
-) -> tuple[int, list[tuple[str, str]], bytes] | None:
+) -> tuple[int, list[tuple[str, str]], Body] | None:
     """Answer a single-range GET from the object's slice, or None to let moto answer."""
     range_header = str(environ.get("HTTP_RANGE") or "")
     if not range_header or not bucket or not key or params:
@@ -148,7 +153,7 @@ def range_get(
 
 def _range_answer(
     obj: Any, resource: str, environ: WSGIEnviron, range_header: str, match: re.Match[str]
-) -> tuple[int, list[tuple[str, str]], bytes] | None:
+) -> tuple[int, list[tuple[str, str]], Body] | None:
     etag = str(obj.etag)
     if_match = environ.get("HTTP_IF_MATCH")
     if if_match is not None:
@@ -176,7 +181,7 @@ def _range_answer(
         )
         return 416, [("Content-Range", f"bytes */{size}")], body
     last = min(last, size - 1)
-    data = read_range(obj, first, last + 1)
+    data = read_range_pieces(obj, first, last + 1)
     headers = [
         ("Content-Range", f"bytes {first}-{last}/{size}"),
         ("Accept-Ranges", "bytes"),

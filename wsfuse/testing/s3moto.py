@@ -85,21 +85,27 @@ class _ChunkedIO:
 
     def pread(self, start: int, end: int) -> bytes:
         """Bytes `[start, end)`, without moving the position (thread-safe)."""
+        pieces = self.pieces(start, end)
+        if len(pieces) == 1:
+            return pieces[0]
+        return b"".join(pieces)
+
+    def pieces(self, start: int, end: int) -> list[bytes]:
+        """Bytes `[start, end)` as the parts they lie in: whole parts as they are (no copy),
+        only the partial first and last ones copied."""
         chunks = self._live()
         end = min(end, chunks.size)
         if start >= end:
-            return b""
+            return [b""]
         i = bisect.bisect_right(chunks.starts, start) - 1
-        pieces: list[bytes | memoryview] = []
+        pieces: list[bytes] = []
         while start < end:
             part, part_start = chunks.parts[i], chunks.starts[i]
             lo, hi = start - part_start, min(len(part), end - part_start)
-            pieces.append(part if (lo, hi) == (0, len(part)) else memoryview(part)[lo:hi])
+            pieces.append(part if (lo, hi) == (0, len(part)) else part[lo:hi])
             start = part_start + hi
             i += 1
-        if len(pieces) == 1 and type(pieces[0]) is bytes:
-            return pieces[0]
-        return b"".join(pieces)
+        return pieces
 
     def truncate(self, size: int | None = None) -> int:
         raise io.UnsupportedOperation("a completed multipart object is read-only")
@@ -144,6 +150,19 @@ def _fast_complete(models: Any, original_complete: Any) -> Any:
         return _Chunks(parts), f"{full.hexdigest()}-{len(parts)}", checksum
 
     return complete
+
+
+def read_range_pieces(obj: Any, start: int, end: int) -> list[bytes]:
+    """`read_range` as pieces to send one after the other: a range over several parts of a
+    multipart object is not joined into one new buffer. Joining cost the server a copy and a
+    fresh allocation (page faults) per answer, but only for ranges that are not exactly one
+    part: 0.84 against 0.27 CPU-s per GiB for 32 against 8 MiB ranges of an object uploaded
+    in 8 MiB parts, a penalty on every client that reads in larger ranges than the seeding's
+    parts (s3fs, rclone), which S3 does not charge them."""
+    memory = getattr(obj._value_buffer, "_file", None)
+    if isinstance(memory, _ChunkedIO):
+        return memory.pieces(start, end)
+    return [read_range(obj, start, end)]
 
 
 def read_range(obj: Any, start: int, end: int) -> bytes:

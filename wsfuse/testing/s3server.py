@@ -405,8 +405,8 @@ class S3TestServer(EmulatesLatency):
             if kind == GET and self.fast_ranges:
                 answer = range_get(environ, bucket, key, set(query) - IGNORED_PARAMS)
                 if answer is not None:
-                    status, headers, body = answer
-                    return respond(entry, start, method, status, body, headers)
+                    status, headers, ranged = answer
+                    return respond(entry, start, method, status, ranged, headers)
 
             if kind == LIST_MPU:
                 return list_uploads(moto_app, environ, start, entry, bucket)
