@@ -216,6 +216,36 @@ async def test_cold_sequential_read_hands_blocks_over_in_memory(h: Harness) -> N
     assert h.fs.cache.statistics().blocks == 40  # and all of them were cached for re-reads
 
 
+async def test_fetched_blocks_are_cached_with_the_receiving_threads_checksums(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fetcher checksums each block as it arrives (`get_blocks(on_block=)`) and hands
+    the sums to the cache write, which then does not read the block a second time for them."""
+    size = 20 * MiB + 5
+    data = ramp("sums", 0, size)
+    h.backend.put("sums", data)
+    given: dict[int, int | None] = {}
+    put = BlockCache.put
+
+    def recording_put(
+        cache: BlockCache,
+        bkey: BlockKey,
+        block: bytes,
+        *,
+        direct: bool = False,
+        crc: int | None = None,
+    ) -> None:
+        given[bkey.index] = crc
+        put(cache, bkey, block, direct=direct, crc=crc)
+
+    monkeypatch.setattr(BlockCache, "put", recording_put)
+    assert await h.read_all("sums") == data
+    await wait_for_idle_fetcher(h)
+    assert sorted(given) == list(range(21))
+    for index, crc in given.items():
+        assert crc == BlockCache.checksum(data[index * MiB : (index + 1) * MiB])
+
+
 async def test_sequential_reread_from_disk_cache_is_read_ahead(h: Harness) -> None:
     size = 40 * MiB + 7
     h.backend.put("warm", ramp("warm", 0, size))
