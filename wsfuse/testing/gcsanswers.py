@@ -255,29 +255,31 @@ def _make_upload_handler(original: Handler) -> Handler:
     return handler
 
 
-def _delete(request: Any, response: Any, storage: PatchedStorage) -> None:
+def _existing(request: Any, response: Any, storage: PatchedStorage) -> dict[str, Any] | None:
+    """The object a request names, if it exists and the request's preconditions hold; else
+    None, with the 404 or the refusal already answered."""
     bucket, name = request.params["bucket_name"], request.params["object_id"]
     obj = storage.current(bucket, name)
     if obj is None:
         error(response, HTTPStatus.NOT_FOUND, f"No such object: {bucket}/{name}", "notFound")
-        return
+        return None
     status = _precondition_status(obj, request.query)
     if status is not None:
         _refuse(response, status)
+        return None
+    return obj
+
+
+def _delete(request: Any, response: Any, storage: PatchedStorage) -> None:
+    if _existing(request, response, storage) is None:
         return
-    storage.delete_file(bucket, name)
+    storage.delete_file(request.params["bucket_name"], request.params["object_id"])
     response.status = HTTPStatus.NO_CONTENT
 
 
 def _patch(request: Any, response: Any, storage: PatchedStorage) -> None:
-    bucket, name = request.params["bucket_name"], request.params["object_id"]
-    obj = storage.current(bucket, name)
+    obj = _existing(request, response, storage)
     if obj is None:
-        error(response, HTTPStatus.NOT_FOUND, f"No such object: {bucket}/{name}", "notFound")
-        return
-    status = _precondition_status(obj, request.query)
-    if status is not None:
-        _refuse(response, status)
         return
     body = request.data if isinstance(request.data, dict) else {}
     for field in _WRITABLE_FIELDS:
