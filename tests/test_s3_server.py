@@ -151,14 +151,14 @@ def test_upload_part_copy_reads_only_its_range(
     else:
         client.put_object(Bucket=bucket, Key="src", Body=data)
     read: list[int] = []
-    original = s3moto._ChunkedIO.pread
+    original = s3moto._ChunkedIO.pieces
 
-    def counting_pread(self: Any, start: int, end: int) -> bytes:
+    def counting_pieces(self: Any, start: int, end: int) -> list[bytes]:
         got = original(self, start, end)
-        read.append(len(got))
+        read.append(sum(map(len, got)))
         return got
 
-    monkeypatch.setattr(s3moto._ChunkedIO, "pread", counting_pread)
+    monkeypatch.setattr(s3moto._ChunkedIO, "pieces", counting_pieces)
     # parts that straddle the source's part boundaries (5 MiB) and end with its last byte
     ranges = [(0, 6 * MIB - 1), (6 * MIB, 12 * MIB - 1), (12 * MIB, size - 1)]
     upload_id = client.create_multipart_upload(Bucket=bucket, Key="dst")["UploadId"]

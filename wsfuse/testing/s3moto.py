@@ -3,9 +3,10 @@
 Stock moto spools objects above ~5 MiB to temporary files, copies a stored value, joins the
 parts of a completed multipart upload into one new object (and checksums it whole), and reads
 the whole source object for every UploadPartCopy. `patch_moto()` changes each of these
-(process-wide, once); `read_range()` then reads any slice of an object copying only its bytes.
-Also here: moto's process-global state (`s3_backend()`, `auth_disabled()`,
-`create_iam_user()`), and `MotoDispatch`, which sends S3 requests straight to moto's S3 app.
+(process-wide, once); `read_range_pieces()` then reads any slice of an object, copying
+only what is not a whole part. Also here: moto's process-global state (`s3_backend()`,
+`auth_disabled()`, `create_iam_user()`), and `MotoDispatch`, which sends S3 requests
+straight to moto's S3 app.
 """
 
 from __future__ import annotations
@@ -153,30 +154,28 @@ def _fast_complete(models: Any, original_complete: Any) -> Any:
 
 
 def read_range_pieces(obj: Any, start: int, end: int) -> list[bytes]:
-    """`read_range` as pieces to send one after the other: a range over several parts of a
-    multipart object is not joined into one new buffer. Joining cost the server a copy and a
-    fresh allocation (page faults) per answer, but only for ranges that are not exactly one
-    part: 0.84 against 0.27 CPU-s per GiB for 32 against 8 MiB ranges of an object uploaded
-    in 8 MiB parts, a penalty on every client that reads in larger ranges than the seeding's
-    parts (s3fs, rclone), which S3 does not charge them."""
-    memory = getattr(obj._value_buffer, "_file", None)
-    if isinstance(memory, _ChunkedIO):
-        return memory.pieces(start, end)
-    return [read_range(obj, start, end)]
-
-
-def read_range(obj: Any, start: int, end: int) -> bytes:
-    """Bytes `[start, end)` of the moto key `obj`, copying only those: from the parts of a
-    completed multipart upload without a lock, else under the key's lock (its buffer has
-    one position, shared by every reader)."""
+    """Bytes `[start, end)` of the moto key `obj` as pieces to send one after the other,
+    copying only what is not a whole part: from the parts of a completed multipart upload
+    without a lock, else under the key's lock (its buffer has one position, shared by every
+    reader). A range over several parts is not joined into one new buffer: that cost the
+    server a copy and a fresh allocation (page faults) per answer, but only for ranges that
+    are not exactly one part: 0.84 against 0.27 CPU-s per GiB for 32 against 8 MiB ranges of
+    an object uploaded in 8 MiB parts, a penalty on every client that reads in larger ranges
+    than the seeding's parts (s3fs, rclone), which S3 does not charge them."""
     buffer = obj._value_buffer
     memory = getattr(buffer, "_file", None)
     if isinstance(memory, _ChunkedIO):
-        return memory.pread(start, end)
+        return memory.pieces(start, end)
     with obj.lock:
         buffer.seek(start)
         data: bytes = buffer.read(end - start)
-    return data
+    return [data]
+
+
+def read_range(obj: Any, start: int, end: int) -> bytes:
+    """`read_range_pieces` in one buffer (a part copy needs one)."""
+    pieces = read_range_pieces(obj, start, end)
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _ranged_part_copy(original: Any) -> Any:
