@@ -288,10 +288,10 @@ class _Link:
         """Something (data or EOF) arrived while idle."""
         if self._rest or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
             return True
-        self._set_lowat(1)
         poller = select.poll()  # not select(): descriptors above 1024 are common here
         poller.register(self.sock, select.POLLIN)
         try:
+            self._set_lowat(1)  # else data short of the last block's mark would not show
             return bool(poller.poll(0))
         except OSError:
             return True
