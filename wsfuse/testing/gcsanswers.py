@@ -314,6 +314,31 @@ def _destination_properties(source: Mapping[str, Any], body: Any) -> dict[str, A
     return props
 
 
+def _new_resource(
+    request: Any,
+    bucket: str,
+    name: str,
+    content: bytes,
+    props: dict[str, Any],
+    like: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The resource of an object written from `content` with the writable fields `props`
+    (the content type falls back to `like`'s), checksums included: a copy's or a compose's
+    destination."""
+    dest = emu_objects._make_object_resource(
+        request.base_url,
+        bucket,
+        name,
+        props.get("contentType") or like.get("contentType"),
+        str(len(content)),
+        props,
+    )
+    if "metadata" in props:
+        dest["metadata"] = dict(props["metadata"])
+    resource: dict[str, Any] = emu_objects._checksums(content, dest)
+    return resource
+
+
 def _make_copy_handler(rewrite: bool) -> Handler:
     def handler(request: Any, response: Any, storage: PatchedStorage) -> None:
         params, query = request.params, request.query
@@ -335,17 +360,7 @@ def _make_copy_handler(rewrite: bool) -> Handler:
             return
         content: bytes = storage.get_file(src_bucket, src_name)
         props = _destination_properties(source, request.data)
-        dest = emu_objects._make_object_resource(
-            request.base_url,
-            dst_bucket,
-            dst_name,
-            props.get("contentType") or source.get("contentType"),
-            str(len(content)),
-            props,
-        )
-        if "metadata" in props:
-            dest["metadata"] = dict(props["metadata"])
-        dest = emu_objects._checksums(content, dest)
+        dest = _new_resource(request, dst_bucket, dst_name, content, props, source)
         storage.create_file(dst_bucket, dst_name, content, dest)
         if not rewrite:
             response.json(dest)
@@ -398,25 +413,10 @@ def _compose(request: Any, response: Any, storage: PatchedStorage) -> None:
         components += int(obj.get("componentCount") or 1)
         chunks.append(storage.get_file(bucket, obj["name"]))
     content = b"".join(chunks)
-    destination = body.get("destination") or {}
-    props = {
-        f: destination[f]
-        for f in _WRITABLE_FIELDS
-        if f in destination and destination[f] is not None and f not in _CHECKSUM_FIELDS
-    }
+    props = _destination_properties({}, body.get("destination") or {})
     assert first is not None
-    dest = emu_objects._make_object_resource(
-        request.base_url,
-        bucket,
-        name,
-        props.get("contentType") or first.get("contentType"),
-        str(len(content)),
-        props,
-    )
-    if "metadata" in props:
-        dest["metadata"] = dict(props["metadata"])
+    dest = _new_resource(request, bucket, name, content, props, first)
     dest["componentCount"] = components
-    dest = emu_objects._checksums(content, dest)
     dest.pop("md5Hash", None)  # composite objects have no MD5, as on GCS
     storage.create_file(bucket, name, content, dest)
     if body.get("deleteSourceObjects"):
