@@ -18,6 +18,8 @@ moto's) but, in-process:
 - emulates time-to-first-byte: `server.latency = 0.02` makes every request sleep that long in
   its own thread (werkzeug's threaded server: one thread per connection, so parallel requests
   overlap); `with server.no_latency():` exempts the harness's own setup;
+- keeps connections open between requests (HTTP/1.1 keep-alive, as S3 does; werkzeug's own
+  handler closes after every answer), see `keepalive`;
 - counts requests by kind, bucket and key (`server.count("GET", key="k")`, `server.requests`,
   `server.stats`, `server.reset_stats()`), so tests can assert what reached the store;
 - injects faults: `server.fail_next(2, status=503, code="SlowDown", kind="GET")`;
@@ -64,13 +66,10 @@ from urllib.parse import parse_qsl
 import boto3
 from botocore.config import Config
 from moto import settings as moto_settings
-from moto.moto_server.werkzeug_app import (
-    DomainDispatcherApplication,
-    MotoRequestHandler,
-    create_backend_app,
-)
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
 
+from wsfuse.testing.keepalive import ConnectionRegistry, KeepAliveHandler
 from wsfuse.testing.latency import EmulatesLatency, LatencyEmulator
 from wsfuse.testing.s3answers import (
     NEEDS_UPLOAD,
@@ -162,6 +161,7 @@ class S3TestServer(EmulatesLatency):
         self._faults: list[_Fault] = []
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._connections = ConnectionRegistry()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,7 +173,9 @@ class S3TestServer(EmulatesLatency):
             self._saved_auth_count = moto_settings.INITIAL_NO_AUTH_ACTION_COUNT
             moto_settings.INITIAL_NO_AUTH_ACTION_COUNT = 0
 
-        class QuietHandler(MotoRequestHandler):
+        class QuietHandler(KeepAliveHandler):
+            registry = self._connections
+
             def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
                 pass
 
@@ -210,6 +212,7 @@ class S3TestServer(EmulatesLatency):
         if server is None:
             return
         server.shutdown()
+        self._connections.close_all()
         server.server_close()
         if self._thread is not None:
             self._thread.join()

@@ -1,0 +1,194 @@
+"""The S3 test server's keep-alive connections (wsfuse.testing.keepalive): one connection
+carries request after request, a body the application leaves unread is drained exactly, an
+answer that cannot be framed ends with the connection, and stopping the server ends every
+idle connection and frees its port."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import fresh_bucket_name
+from wsfuse.testing.keepalive import ConnectionRegistry, KeepAliveHandler
+from wsfuse.testing.s3server import S3TestServer
+
+
+def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    """Answers by path: /echo (the body), /ignore (reads nothing), /half (reads 3 bytes),
+    /unframed (no Content-Length), /short (announces more than it sends), /boom (raises)."""
+    path = environ["PATH_INFO"]
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/half":
+        environ["wsgi.input"].read(3)
+    if path in ("/ignore", "/half"):
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    if path == "/unframed":
+        start_response("200 OK", [])
+        return [b"un", b"framed"]
+    if path == "/short":
+        start_response("200 OK", [("Content-Length", "10")])
+        return [b"abc"]
+    raise RuntimeError("boom")
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[int, ConnectionRegistry]]:
+    registry = ConnectionRegistry()
+
+    class Handler(KeepAliveHandler):
+        def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+            pass
+
+        def log_error(self, format: str, *args: Any) -> None:
+            pass
+
+    Handler.registry = registry
+    server = make_server("127.0.0.1", 0, _app, threaded=True, request_handler=Handler)
+    server.log = lambda *args: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_address[1], registry
+    finally:
+        server.shutdown()
+        registry.close_all()
+        server.server_close()
+        thread.join()
+
+
+def _ask(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, str | None]:
+    conn.request(method, path, body=body, headers=headers or {})
+    resp = conn.getresponse()
+    return resp.status, resp.read(), resp.getheader("Connection")
+
+
+def test_one_connection_carries_many_requests(served: tuple[int, ConnectionRegistry]) -> None:
+    port, registry = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        status, body, connection = _ask(conn, "POST", "/echo", b"first")
+        assert (status, body, connection) == (200, b"first", None)
+        sock = conn.sock
+        for i in range(5):
+            assert _ask(conn, "POST", "/echo", f"body {i}".encode())[:2] == (
+                200,
+                f"body {i}".encode(),
+            )
+            assert conn.sock is sock  # the same connection, never reopened
+        assert len(registry) == 1
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("path", ["/ignore", "/half"])
+def test_an_unread_request_body_is_drained_exactly(
+    served: tuple[int, ConnectionRegistry], path: str
+) -> None:
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        payload = b"x" * (3 << 20)  # more than any socket buffer holds
+        assert _ask(conn, "PUT", path, payload)[:2] == (200, b"ok")
+        sock = conn.sock
+        # Were the body read too little or too far, this request would be garbled or hang.
+        assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
+        assert conn.sock is sock
+    finally:
+        conn.close()
+
+
+def test_a_chunked_request_body_is_read_to_its_last_chunk(
+    served: tuple[int, ConnectionRegistry],
+) -> None:
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        chunks = [b"ab", b"cde", b"f" * 70000]
+        assert _ask(conn, "POST", "/echo", iter(chunks))[:2] == (200, b"".join(chunks))
+        assert _ask(conn, "POST", "/ignore", iter(chunks))[:2] == (200, b"ok")  # drained
+        assert _ask(conn, "POST", "/echo", b"after")[:2] == (200, b"after")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [("/unframed", 200, b"unframed"), ("/short", 200, None), ("/boom", 500, None)],
+)
+def test_an_answer_it_cannot_frame_ends_the_connection(
+    served: tuple[int, ConnectionRegistry], path: str, status: int, body: bytes | None
+) -> None:
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # read until the server closes
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode()
+    if path == "/short":
+        # The head went out before the body fell short: only the close can tell the client.
+        assert rest == b"abc"
+    else:
+        assert b"connection: close" in head.lower()
+    if body is not None:
+        assert rest == body
+
+
+def test_the_client_asking_to_close_is_answered_and_closed(
+    served: tuple[int, ConnectionRegistry],
+) -> None:
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in answer.lower()
+    assert answer.endswith(b"\r\n\r\nhi")
+
+
+def test_the_s3_server_keeps_connections_and_stopping_ends_them() -> None:
+    """boto3's requests share one connection, and `stop()` ends an idle one at once
+    (its handler thread does not wait for the client) and frees the port."""
+    with S3TestServer() as srv:
+        bucket = fresh_bucket_name("ka")
+        srv.create_bucket(bucket)
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        assert _ask(conn, "PUT", f"/{bucket}/k", b"v" * 1000)[0] == 200
+        sock = conn.sock
+        for _ in range(3):
+            status, body, connection = _ask(
+                conn, "GET", f"/{bucket}/k", headers={"Range": "bytes=0-9"}
+            )
+            assert (status, body, connection) == (206, b"v" * 10, None)
+        assert conn.sock is sock
+        port = srv.port
+    assert sock is not None
+    sock.settimeout(5)
+    # Ended by the server: reset, so that its port is not left in TIME_WAIT.
+    with contextlib.suppress(ConnectionResetError):
+        assert sock.recv(1) == b""
+    conn.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again, although the client never closed
