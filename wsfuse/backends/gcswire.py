@@ -55,15 +55,16 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def object_info(blob: Any, *, with_metadata: bool = True) -> ObjectInfo:
-    """The `ObjectInfo` of a blob the client library has loaded: its etag is its generation."""
+def object_info(blob: Any) -> ObjectInfo:
+    """The `ObjectInfo` of a blob the client library has loaded: its etag is its generation,
+    and its metadata comes along (GCS listings carry it, unlike S3's)."""
     updated = blob.updated
     return ObjectInfo(
         key=blob.name,
         size=int(blob.size or 0),
         etag=str(blob.generation),
         mtime=updated.timestamp() if updated is not None else 0.0,
-        metadata=dict(blob.metadata or {}) if with_metadata else None,
+        metadata=dict(blob.metadata or {}),
     )
 
 

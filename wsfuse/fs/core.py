@@ -1,6 +1,7 @@
 """`Filesystem`: the namespace, handles and read path as plain async methods (no pyfuse3
 types). Namespace changes are `Mutations` (mutations.py); written data is staged and uploaded by
-`WriteBack` (writeback.py).
+`WriteBack` (writeback.py); the POSIX attributes of listed entries are learned by
+`learn_listed_attributes` (listedattrs.py).
 
 Owned by the trio thread: every attribute here is touched only from it (worker threads get
 immutable arguments). Inode numbers are allocated once per (path, kind) and never reused
@@ -32,6 +33,7 @@ from wsfuse.errors import NotFound, WsfuseError
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION, AttrStore
 from wsfuse.fs.dirahead import DirectoryReadAhead
+from wsfuse.fs.listedattrs import learn_listed_attributes
 from wsfuse.fs.mutations import Mutations
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
@@ -46,8 +48,6 @@ ROOT_INO = 1
 DIRS_DB = "dirs"
 
 
-# Keys HEADed first to learn whether a listed directory's objects carry POSIX metadata.
-ATTRIBUTE_SAMPLE = 16
 # First listing pages kept from lookups (a page holds up to 1,000 keys), and for how long:
 # `ls`, `os.walk` and `find` list a directory right after looking it up.
 FIRST_PAGES_KEPT = 16
@@ -360,7 +360,14 @@ class Filesystem(Mutations):
             pages.append(page)
             token = page.next_token
         listing = Listing.build(path, pages, fetched_at, extra=self.local_entries(path))
-        await self._learn_attributes(path, pages, listing)
+        await learn_listed_attributes(
+            self.backend,
+            self.attr_store,
+            path,
+            pages,
+            listing,
+            heads_max=self.config.metadata_heads_max,
+        )
         if listing.hidden:
             self.hidden_keys += listing.hidden
             log.info(
@@ -377,57 +384,6 @@ class Filesystem(Mutations):
                 self._remember(child_path(path, entry.name), entry.is_dir, entry, fetched_at)
             self.negative.pop(child_path(path, entry.name), None)
         return listing
-
-    async def _learn_attributes(self, path: str, pages: list[ListPage], listing: Listing) -> None:
-        """POSIX attributes of the listed entries: from the listing where the store includes
-        metadata (GCS), else by HEADs, but only for directories small enough that the HEADs
-        cost less than the `ls -l` they make right (S3 lists no metadata), and only if a
-        sample of them shows that the objects have any."""
-        learned: list[tuple[str, str, PosixAttrs]] = []
-        unknown: list[Entry] = []
-        with_meta = {o.key: o for p in pages for o in p.objects if o.metadata is not None}
-        for entry in listing.entries:
-            child = child_path(path, entry.name)
-            version = DIR_VERSION if entry.is_dir else entry.etag
-            if self.attr_store.get(child, version) is not None:
-                continue
-            info = with_meta.get(dir_prefix(child) if entry.is_dir else child)
-            if info is not None:
-                learned.append((child, version, posixmeta.decode(info.metadata)))
-            else:
-                unknown.append(entry)
-        if unknown and len(listing.entries) <= self.config.metadata_heads_max:
-            limiter = trio.CapacityLimiter(16)
-            with_posix = 0
-
-            async def head(entry: Entry) -> None:
-                nonlocal with_posix
-                child = child_path(path, entry.name)
-                async with limiter:
-                    try:
-                        info = await self.backend.head(dir_prefix(child) if entry.is_dir else child)
-                    except NotFound:
-                        return
-                if entry.is_dir or info.etag == entry.etag:
-                    version = DIR_VERSION if entry.is_dir else info.etag
-                    attrs = posixmeta.decode(info.metadata)
-                    with_posix += attrs != PosixAttrs()
-                    learned.append((child, version, attrs))
-
-            async def heads(entries: list[Entry]) -> None:
-                async with trio.open_nursery() as nursery:
-                    for entry in entries:
-                        nursery.start_soon(head, entry)
-
-            # A sample first, spread over the directory: objects uploaded by other tools
-            # (a dataset) carry no POSIX metadata, and then a HEAD per key buys nothing.
-            step = max(1, len(unknown) // ATTRIBUTE_SAMPLE)
-            sample = unknown[::step][:ATTRIBUTE_SAMPLE]
-            await heads(sample)
-            if with_posix:
-                sampled = {id(e) for e in sample}
-                await heads([e for e in unknown if id(e) not in sampled])
-        self.attr_store.put_many(learned)
 
     def opendir(self, ino: int) -> int:
         if not self.inode(ino).is_dir:
