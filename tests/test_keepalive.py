@@ -9,6 +9,7 @@ import contextlib
 import http.client
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,18 +22,35 @@ from wsfuse.testing.s3server import S3TestServer
 
 
 def _app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-    """Answers by path: /echo (the body), /ignore (reads nothing), /half (reads 3 bytes),
-    /unframed (no Content-Length), /short (announces more than it sends), /boom (raises)."""
+    """Answers by path: /echo (the body), /readinto (the body, read with readinto), /ignore
+    (reads nothing), /half (reads 3 bytes), /unframed (no Content-Length), /short (announces
+    more than it sends), /sized (5 bytes), /nocontent (204), /badlength (a Content-Length that
+    is not a number), /boom (raises)."""
     path = environ["PATH_INFO"]
     if path == "/echo":
         body = environ["wsgi.input"].read()
         start_response("200 OK", [("Content-Length", str(len(body)))])
         return [body]
+    if path == "/readinto":  # as werkzeug reads bodies: into its own buffer, piece by piece
+        stream, got, piece = environ["wsgi.input"], bytearray(), bytearray(65536)
+        while n := stream.readinto(piece):
+            got += piece[:n]
+        start_response("200 OK", [("Content-Length", str(len(got)))])
+        return [bytes(got)]
     if path == "/half":
         environ["wsgi.input"].read(3)
     if path in ("/ignore", "/half"):
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
+    if path == "/sized":  # asked with HEAD: the length of a body that must not be sent
+        start_response("200 OK", [("Content-Length", "5")])
+        return [b"hello"]
+    if path == "/nocontent":
+        start_response("204 No Content", [])
+        return [b""]
+    if path == "/badlength":
+        start_response("200 OK", [("Content-Length", "5x")])
+        return [b"hello"]
     if path == "/unframed":
         start_response("200 OK", [])
         return [b"un", b"framed"]
@@ -110,6 +128,21 @@ def test_an_unread_request_body_is_drained_exactly(
         # Were the body read too little or too far, this request would be garbled or hang.
         assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
         assert conn.sock is sock
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_readinto_stops_at_the_end_of_the_body(
+    served: tuple[int, ConnectionRegistry], chunked: bool
+) -> None:
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        payload = bytes(range(256)) * 1000  # not a multiple of the 64 KiB pieces
+        body: Any = iter([payload[:1000], payload[1000:]]) if chunked else payload
+        assert _ask(conn, "PUT", "/readinto", body)[:2] == (200, payload)
+        assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
     finally:
         conn.close()
 
@@ -192,3 +225,83 @@ def test_the_s3_server_keeps_connections_and_stopping_ends_them() -> None:
     conn.close()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port))  # free again, although the client never closed
+
+
+def test_answers_without_a_body_keep_the_connection(
+    served: tuple[int, ConnectionRegistry],
+) -> None:
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("HEAD", "/sized")
+        resp = conn.getresponse()
+        assert (resp.status, resp.getheader("Content-Length"), resp.read()) == (200, "5", b"")
+        sock = conn.sock
+        assert _ask(conn, "DELETE", "/nocontent")[:2] == (204, b"")
+        # Had either sent a body, this answer would start with its bytes.
+        assert _ask(conn, "POST", "/echo", b"after")[:2] == (200, b"after")
+        assert conn.sock is sock
+    finally:
+        conn.close()
+
+
+def test_expect_100_continue_is_answered_once(served: tuple[int, ConnectionRegistry]) -> None:
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"data")
+        answer = first
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"100 Continue") == 1
+    assert answer.endswith(b"\r\n\r\ndata")
+
+
+def test_a_failed_request_with_an_unread_body_gets_its_answer_not_a_reset(
+    served: tuple[int, ConnectionRegistry],
+) -> None:
+    """Closing with request bytes unread makes the kernel reset the connection, and the
+    client (blocked sending its body) would see the reset instead of the 500."""
+    port, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        status, body, connection = _ask(conn, "PUT", "/boom", b"x" * (8 << 20))
+        assert (status, body, connection) == (500, b"Internal Server Error", "close")
+    finally:
+        conn.close()
+
+
+def test_a_content_length_that_is_not_a_number_is_one_clean_500(
+    served: tuple[int, ConnectionRegistry],
+) -> None:
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /badlength HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1") == 1
+    assert answer.startswith(b"HTTP/1.1 500")
+
+
+def test_stopping_does_not_wait_for_idle_clients(
+    served: tuple[int, ConnectionRegistry],
+) -> None:
+    port, registry = served
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=10) for _ in range(3)]
+    try:
+        for conn in conns:
+            assert _ask(conn, "POST", "/echo", b"x")[:2] == (200, b"x")
+        assert len(registry) == 3
+        started = time.monotonic()
+        registry.close_all(timeout=5)
+        assert len(registry) == 0
+        assert time.monotonic() - started < 2  # woken, not timed out
+    finally:
+        for conn in conns:
+            conn.close()

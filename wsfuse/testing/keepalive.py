@@ -18,13 +18,17 @@ stops, so no handler thread outlives it waiting for a request.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 import threading
+import traceback
 from typing import Any
 
 from moto.moto_server.werkzeug_app import MotoRequestHandler
 from werkzeug.serving import DechunkedInput
+
+log = logging.getLogger(__name__)
 
 #: An idle connection is closed after this long (S3 closes idle connections after ~20 s;
 #: longer here so that a slow test never races a close). Also bounds one stalled send.
@@ -74,9 +78,20 @@ class RequestBody:
         return data
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(memoryview(buffer)))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
+        """Straight into `buffer` (werkzeug reads request bodies this way, 64 KiB at a time):
+        no intermediate `bytes`."""
+        view = memoryview(buffer).cast("B")
+        if self._remaining is not None:
+            view = view[: self._remaining]
+            if not view:
+                return 0
+        got = self._stream.readinto(view) or 0
+        if self._remaining is not None:
+            self._remaining -= got
+            if got == 0:
+                self._remaining = 0
+                raise ConnectionError("the client closed the connection inside a request body")
+        return got
 
     def __iter__(self) -> Any:
         return iter(self.readline, b"")
@@ -103,10 +118,14 @@ class ConnectionRegistry:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._sockets: set[socket.socket] = set()
+        self._closing = False
 
     def add(self, sock: socket.socket) -> None:
         with self._changed:
             self._sockets.add(sock)
+            closing = self._closing
+        if closing:  # accepted just before the server stopped: ended like the others
+            _end(sock)
 
     def discard(self, sock: socket.socket) -> None:
         with self._changed:
@@ -123,13 +142,26 @@ class ConnectionRegistry:
         port in TIME_WAIT, and a port free again when `stop()` returns is part of the
         server's contract."""
         with self._changed:
+            self._closing = True
             sockets = list(self._sockets)
         for sock in sockets:
-            with contextlib.suppress(OSError):  # already closed by its peer or its handler
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.shutdown(socket.SHUT_RD)  # the blocked read returns: no more requests
+            _end(sock)
         with self._changed:
-            self._changed.wait_for(lambda: not self._sockets, timeout)
+            if not self._changed.wait_for(lambda: not self._sockets, timeout):
+                log.warning(
+                    "%d connection(s) still open %.0f s after the server stopped",
+                    len(self._sockets),
+                    timeout,
+                )
+
+
+def _end(sock: socket.socket) -> None:
+    """Make the handler's blocked read return (no more requests) and its close a reset.
+    The plain socket's shutdown, also for a TLS connection: `SSLSocket.shutdown` would drop
+    the TLS state under a handler that may still be answering."""
+    with contextlib.suppress(OSError):  # already closed by its peer or its handler
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        socket.socket.shutdown(sock, socket.SHUT_RD)
 
 
 class _Answer:
@@ -144,6 +176,7 @@ class _Answer:
         self.sent = False
         #: body bytes still owed by the Content-Length sent; None: ended by closing
         self._owed: int | None = None
+        self._bodyless = False  # HEAD, 1xx, 204, 304: whatever the application yields is dropped
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -159,16 +192,18 @@ class _Answer:
         handler = self._handler
         code_text, _, reason = self._status.partition(" ")
         code = int(code_text)
+        # Checked before the status line is buffered: a bad header becomes a clean 500.
+        lengths = [v for n, v in self._headers if n.lower() == "content-length"]
+        if any(not v.strip().isdigit() for v in lengths):
+            raise ValueError(f"the application's Content-Length is not a number: {lengths}")
+        length = int(lengths[-1]) if lengths else None
         handler.send_response(code, reason)
-        length: int | None = None
         for name, value in self._headers:
-            if name.lower() == "connection":
-                continue  # the framing below decides
-            if name.lower() == "content-length":
-                length = int(value)
-            handler.send_header(name, value)
+            if name.lower() != "connection":  # the framing below decides
+                handler.send_header(name, value)
         if self._method == "HEAD" or code in _NO_BODY_STATUSES or code < 200:
             self._owed = 0
+            self._bodyless = True
         elif length is not None:
             self._owed = length
         else:
@@ -181,7 +216,7 @@ class _Answer:
     def write(self, data: bytes) -> None:
         if not self.sent:
             self._send_head()
-        if not data or self._owed == 0:
+        if not data or self._bodyless:
             return
         if self._owed is not None:
             if len(data) > self._owed:
@@ -221,11 +256,19 @@ class KeepAliveHandler(MotoRequestHandler):
         if self.registry is not None:
             self.registry.discard(self.connection)
 
+    def log_error(self, format: str, *args: Any) -> None:
+        if format.startswith("Request timed out"):
+            return  # an idle keep-alive connection expiring: nothing went wrong
+        super().log_error(format, *args)
+
     def run_wsgi(self) -> None:
-        if self.headers.get("Expect", "").lower().strip(" \t") == "100-continue":
-            self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # (`Expect: 100-continue` was answered by `parse_request` already.)
         environ = self.environ = self.make_environ()
-        body = RequestBody(environ["wsgi.input"], _body_length(environ))
+        length = _body_length(environ)
+        if length == -1:  # a Content-Length that is not a number: the body's end is unknown
+            self.close_connection = True
+            length = 0
+        body = RequestBody(environ["wsgi.input"], length)
         environ["wsgi.input"] = body
         answer = _Answer(self, self.command)
         try:
@@ -241,14 +284,18 @@ class KeepAliveHandler(MotoRequestHandler):
         except _DROPPED:
             self.close_connection = True
             return
-        except Exception as exc:  # answer 500 as werkzeug does, and log it
+        except Exception:  # answer 500 as werkzeug does, and log it
             self.close_connection = True
-            self.server.log("error", f"Error on request {self.command} {self.path}: {exc!r}")
+            self.server.log(
+                "error", f"Error on request {self.command} {self.path}:\n{traceback.format_exc()}"
+            )
             if not answer.sent:
                 with contextlib.suppress(OSError):
                     self._internal_error()
-            return
-        if not self.close_connection and not body.drain():
+        # Read what the application left even when closing: closing with request bytes
+        # unread makes the kernel reset the connection, and the client would see that reset
+        # instead of the answer.
+        if not body.drain():
             self.close_connection = True
 
     def _internal_error(self) -> None:
@@ -263,10 +310,9 @@ class KeepAliveHandler(MotoRequestHandler):
 
 
 def _body_length(environ: dict[str, Any]) -> int | None:
-    """Bytes in the request body; None for a chunked one (DechunkedInput ends it)."""
+    """Bytes in the request body; None for a chunked one (DechunkedInput ends it); -1 when
+    the request's Content-Length is not a plain number."""
     if isinstance(environ.get("wsgi.input"), DechunkedInput):
         return None
-    try:
-        return max(0, int(environ.get("CONTENT_LENGTH") or 0))
-    except ValueError:
-        return 0
+    value = str(environ.get("CONTENT_LENGTH") or "0").strip()
+    return int(value) if value.isdigit() else -1
