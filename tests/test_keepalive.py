@@ -85,6 +85,16 @@ def served() -> Iterator[tuple[int, ConnectionRegistry]]:
         thread.join()
 
 
+@pytest.fixture
+def conn(served: tuple[int, ConnectionRegistry]) -> Iterator[http.client.HTTPConnection]:
+    """A client connection to the served app, closed after the test."""
+    client = http.client.HTTPConnection("127.0.0.1", served[0], timeout=10)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 def _ask(
     conn: http.client.HTTPConnection,
     method: str,
@@ -95,6 +105,14 @@ def _ask(
     conn.request(method, path, body=body, headers=headers or {})
     resp = conn.getresponse()
     return resp.status, resp.read(), resp.getheader("Connection")
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
 
 
 def test_one_connection_carries_many_requests(served: tuple[int, ConnectionRegistry]) -> None:
@@ -117,48 +135,33 @@ def test_one_connection_carries_many_requests(served: tuple[int, ConnectionRegis
 
 @pytest.mark.parametrize("path", ["/ignore", "/half"])
 def test_an_unread_request_body_is_drained_exactly(
-    served: tuple[int, ConnectionRegistry], path: str
+    conn: http.client.HTTPConnection, path: str
 ) -> None:
-    port, _ = served
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        payload = b"x" * (3 << 20)  # more than any socket buffer holds
-        assert _ask(conn, "PUT", path, payload)[:2] == (200, b"ok")
-        sock = conn.sock
-        # Were the body read too little or too far, this request would be garbled or hang.
-        assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
-        assert conn.sock is sock
-    finally:
-        conn.close()
+    payload = b"x" * (3 << 20)  # more than any socket buffer holds
+    assert _ask(conn, "PUT", path, payload)[:2] == (200, b"ok")
+    sock = conn.sock
+    # Were the body read too little or too far, this request would be garbled or hang.
+    assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
+    assert conn.sock is sock
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_readinto_stops_at_the_end_of_the_body(
-    served: tuple[int, ConnectionRegistry], chunked: bool
+    conn: http.client.HTTPConnection, chunked: bool
 ) -> None:
-    port, _ = served
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        payload = bytes(range(256)) * 1000  # not a multiple of the 64 KiB pieces
-        body: Any = iter([payload[:1000], payload[1000:]]) if chunked else payload
-        assert _ask(conn, "PUT", "/readinto", body)[:2] == (200, payload)
-        assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
-    finally:
-        conn.close()
+    payload = bytes(range(256)) * 1000  # not a multiple of the 64 KiB pieces
+    body: Any = iter([payload[:1000], payload[1000:]]) if chunked else payload
+    assert _ask(conn, "PUT", "/readinto", body)[:2] == (200, payload)
+    assert _ask(conn, "POST", "/echo", b"next")[:2] == (200, b"next")
 
 
 def test_a_chunked_request_body_is_read_to_its_last_chunk(
-    served: tuple[int, ConnectionRegistry],
+    conn: http.client.HTTPConnection,
 ) -> None:
-    port, _ = served
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        chunks = [b"ab", b"cde", b"f" * 70000]
-        assert _ask(conn, "POST", "/echo", iter(chunks))[:2] == (200, b"".join(chunks))
-        assert _ask(conn, "POST", "/ignore", iter(chunks))[:2] == (200, b"ok")  # drained
-        assert _ask(conn, "POST", "/echo", b"after")[:2] == (200, b"after")
-    finally:
-        conn.close()
+    chunks = [b"ab", b"cde", b"f" * 70000]
+    assert _ask(conn, "POST", "/echo", iter(chunks))[:2] == (200, b"".join(chunks))
+    assert _ask(conn, "POST", "/ignore", iter(chunks))[:2] == (200, b"ok")  # drained
+    assert _ask(conn, "POST", "/echo", b"after")[:2] == (200, b"after")
 
 
 @pytest.mark.parametrize(
@@ -171,9 +174,7 @@ def test_an_answer_it_cannot_frame_ends_the_connection(
     port, _ = served
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        answer = b""
-        while chunk := sock.recv(65536):  # read until the server closes
-            answer += chunk
+        answer = _read_to_close(sock)
     head, _, rest = answer.partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == str(status).encode()
     if path == "/short":
@@ -193,9 +194,7 @@ def test_the_client_asking_to_close_is_answered_and_closed(
         sock.sendall(
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
         )
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = _read_to_close(sock)
     assert answer.startswith(b"HTTP/1.1 200")
     assert b"connection: close" in answer.lower()
     assert answer.endswith(b"\r\n\r\nhi")
@@ -228,21 +227,16 @@ def test_the_s3_server_keeps_connections_and_stopping_ends_them() -> None:
 
 
 def test_answers_without_a_body_keep_the_connection(
-    served: tuple[int, ConnectionRegistry],
+    conn: http.client.HTTPConnection,
 ) -> None:
-    port, _ = served
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("HEAD", "/sized")
-        resp = conn.getresponse()
-        assert (resp.status, resp.getheader("Content-Length"), resp.read()) == (200, "5", b"")
-        sock = conn.sock
-        assert _ask(conn, "DELETE", "/nocontent")[:2] == (204, b"")
-        # Had either sent a body, this answer would start with its bytes.
-        assert _ask(conn, "POST", "/echo", b"after")[:2] == (200, b"after")
-        assert conn.sock is sock
-    finally:
-        conn.close()
+    conn.request("HEAD", "/sized")
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Content-Length"), resp.read()) == (200, "5", b"")
+    sock = conn.sock
+    assert _ask(conn, "DELETE", "/nocontent")[:2] == (204, b"")
+    # Had either sent a body, this answer would start with its bytes.
+    assert _ask(conn, "POST", "/echo", b"after")[:2] == (200, b"after")
+    assert conn.sock is sock
 
 
 def test_expect_100_continue_is_answered_once(served: tuple[int, ConnectionRegistry]) -> None:
@@ -255,25 +249,18 @@ def test_expect_100_continue_is_answered_once(served: tuple[int, ConnectionRegis
         first = sock.recv(65536)
         assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
         sock.sendall(b"data")
-        answer = first
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = first + _read_to_close(sock)
     assert answer.count(b"100 Continue") == 1
     assert answer.endswith(b"\r\n\r\ndata")
 
 
 def test_a_failed_request_with_an_unread_body_gets_its_answer_not_a_reset(
-    served: tuple[int, ConnectionRegistry],
+    conn: http.client.HTTPConnection,
 ) -> None:
     """Closing with request bytes unread makes the kernel reset the connection, and the
     client (blocked sending its body) would see the reset instead of the 500."""
-    port, _ = served
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        status, body, connection = _ask(conn, "PUT", "/boom", b"x" * (8 << 20))
-        assert (status, body, connection) == (500, b"Internal Server Error", "close")
-    finally:
-        conn.close()
+    status, body, connection = _ask(conn, "PUT", "/boom", b"x" * (8 << 20))
+    assert (status, body, connection) == (500, b"Internal Server Error", "close")
 
 
 def test_a_content_length_that_is_not_a_number_is_one_clean_500(
@@ -282,9 +269,7 @@ def test_a_content_length_that_is_not_a_number_is_one_clean_500(
     port, _ = served
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /badlength HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
+        answer = _read_to_close(sock)
     assert answer.count(b"HTTP/1.1") == 1
     assert answer.startswith(b"HTTP/1.1 500")
 

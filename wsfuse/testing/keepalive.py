@@ -53,28 +53,24 @@ class RequestBody:
         self._remaining = length
 
     def read(self, size: int = -1) -> bytes:
+        return self._bounded(self._stream.read, size)
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._bounded(self._stream.readline, size)
+
+    def _bounded(self, method: Any, size: int) -> bytes:
+        """`method(size)` of the stream, never past the body's end."""
         if self._remaining is None:
-            return bytes(self._stream.read(size))
+            return bytes(method(size))
         if size < 0 or size > self._remaining:
             size = self._remaining
         if size == 0:
             return b""
-        data = bytes(self._stream.read(size))
+        data = bytes(method(size))
         self._remaining -= len(data)
         if not data:
             self._remaining = 0
             raise ConnectionError("the client closed the connection inside a request body")
-        return data
-
-    def readline(self, size: int = -1) -> bytes:
-        if self._remaining is None:
-            return bytes(self._stream.readline(size))
-        if size < 0 or size > self._remaining:
-            size = self._remaining
-        if size == 0:
-            return b""
-        data = bytes(self._stream.readline(size))
-        self._remaining -= len(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
