@@ -39,7 +39,7 @@ IDLE_TIMEOUT = 120.0
 DRAIN_LIMIT = 256 << 20
 
 _NO_BODY_STATUSES = frozenset({204, 304})
-_DROPPED = (ConnectionError, TimeoutError, socket.timeout)
+_DROPPED = (ConnectionError, TimeoutError)  # the client went away, or went quiet
 
 
 class RequestBody:
@@ -103,7 +103,7 @@ class RequestBody:
                 drained += len(chunk)
                 if drained > DRAIN_LIMIT:
                     return False
-        except (*_DROPPED, OSError, ValueError):
+        except (OSError, ValueError):  # _DROPPED included
             return False
         return True
 
