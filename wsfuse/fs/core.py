@@ -33,11 +33,12 @@ from wsfuse.errors import NotFound, WsfuseError
 from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION, AttrStore
 from wsfuse.fs.dirahead import DirectoryReadAhead
+from wsfuse.fs.fetcher import BlockFetcher, PinnedObject
 from wsfuse.fs.listedattrs import learn_listed_attributes
 from wsfuse.fs.mutations import Mutations
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
 from wsfuse.fs.posixmeta import PosixAttrs
-from wsfuse.fs.reader import BlockFetcher, PinnedObject, Reader
+from wsfuse.fs.reader import Reader
 from wsfuse.fs.staging import Staging
 from wsfuse.fs.streaming import PartSources, StreamingUpload
 from wsfuse.fs.writeback import WriteBack

@@ -25,8 +25,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from wsfuse.fs.fetcher import BlockFetcher, PinnedObject
 from wsfuse.fs.namespace import Entry, Listing, child_path
-from wsfuse.fs.reader import BlockFetcher, PinnedObject
 
 AHEAD_SLACK = 32  # positions: files skipped between in-order opens (filtered readers)
 BEHIND_SLACK = 16  # positions: how far behind the furthest an interleaved reader may be

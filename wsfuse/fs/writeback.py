@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from wsfuse.config import MountConfig
     from wsfuse.fs.attrstore import AttrStore
     from wsfuse.fs.core import Inode
-    from wsfuse.fs.reader import BlockFetcher
+    from wsfuse.fs.fetcher import BlockFetcher
 
 log = logging.getLogger(__name__)
 
