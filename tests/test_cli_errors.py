@@ -11,15 +11,31 @@ from typing import Any
 import pytest
 
 
-def run_wsfuse(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wsfuse", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+def _mounts() -> set[str]:
+    with open("/proc/mounts") as f:
+        return {line.split()[1] for line in f}
+
+
+def run_wsfuse(
+    *args: str, timeout: float = 120, keep_mounts: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python -m wsfuse ARGS`. A mount point among ARGS that it left mounted (a regression
+    that let a refused mount succeed, or a timeout that killed the daemon) is lazily
+    unmounted, unless the test mounts on purpose (`keep_mounts`) and unmounts itself."""
+    before = _mounts()
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "wsfuse", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    finally:
+        if not keep_mounts:
+            for path in (_mounts() - before) & set(args):
+                subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
@@ -47,12 +63,15 @@ def test_malformed_uris(uri: str, fragment: str, tmp_path: Path) -> None:
     assert_one_line_error(run_wsfuse("mount", uri, str(tmp_path), "-f"), fragment)
 
 
-def test_missing_bucket(s3_server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [["-f"], []], ids=["foreground", "daemon"])
+def test_missing_bucket(s3_server: Any, tmp_path: Path, mode: list[str]) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
     result = run_wsfuse(
         "mount",
         "s3://no-such-bucket-here",
-        str(tmp_path),
-        "-f",
+        str(mnt),
+        *mode,
         "--endpoint-url",
         s3_server.endpoint_url,
         "--cache-dir",

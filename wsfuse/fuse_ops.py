@@ -1,4 +1,5 @@
-"""The pyfuse3 adapter: translates types and errors, holds no state and no policy.
+"""The pyfuse3 adapter: translates types and errors, holds no state and no policy (it counts
+the kernel's requests in the core's `KernelRequests`).
 
 Every handler goes through `_boundary`: `FUSEError` passes, the error taxonomy maps to errno
 in ONE table, anything unexpected is logged with its traceback and becomes EIO (pyfuse3 ends
@@ -135,6 +136,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self.fs.kernel.lookups += 1
         node = await self.fs.lookup(parent_inode, os.fsdecode(name))
         return self.attributes(node)
 
@@ -142,10 +144,12 @@ class Operations(pyfuse3.Operations):
     async def getattr(
         self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self.fs.kernel.getattrs += 1
         return self.attributes(await self.fs.getattr(inode))
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         try:
+            self.fs.kernel.forgets += len(inode_list)
             self.fs.forget([(int(i), n) for i, n in inode_list])
         except Exception:  # forget has no reply: never let it end the main loop
             log.exception("forget failed")
@@ -284,6 +288,7 @@ class Operations(pyfuse3.Operations):
     @_boundary
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         data = await self.fs.read(fh, off, size)
+        self.fs.kernel.note_read(size, len(data))
         return data  # type: ignore[return-value]  # pyfuse3 takes any contiguous buffer
 
     @_boundary

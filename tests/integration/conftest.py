@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason="needs /dev/fuse and 
 
 # Blocks are 1 MiB by default (wsfuse.config.MountConfig.block_size).
 from wsfuse.config import DEFAULTS  # noqa: E402
+from wsfuse.mount import read_status  # noqa: E402
 
 BLOCK = DEFAULTS.block_size
 
@@ -82,13 +83,21 @@ class Mount:
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not (_is_mounted(self.path) and _answers(self.path)):
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"not mounted after {timeout}s:\n{self.log()}")
-            time.sleep(0.02)
+        try:
+            while not (_is_mounted(self.path) and _answers(self.path)):
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"not mounted after {timeout}s:\n{self.log()}")
+                time.sleep(0.02)
+        except BaseException:
+            self.stop()  # a mount that did not come up is not left behind by any caller
+            raise
         return self
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's counters (`wsfuse status --json`), over its control socket."""
+        return read_status(self.path)
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
@@ -146,6 +155,12 @@ class S3Bucket:
             self._client = self.server.client()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda kv: self.put(*kv), items.items()))
+
+    def delete(self, key: str) -> None:
+        if self._client is None:
+            self._client = self.server.client()
+        with self.server.no_latency():
+            self._client.delete_object(Bucket=self.name, Key=key)
 
     def gets(self, key: str | None = None) -> int:
         return int(self.server.count("GET", key=key, bucket=self.name))

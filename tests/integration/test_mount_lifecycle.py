@@ -76,6 +76,7 @@ def test_daemon_mode_returns_when_ready_and_unmount_stops_it(
             str(tmp_path / "c"),
             "--log-file",
             str(log),
+            keep_mounts=True,
         )
         assert result.returncode == 0, result.stderr
         assert _is_mounted(mnt)  # mounted when the command returned, not later

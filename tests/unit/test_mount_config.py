@@ -69,3 +69,22 @@ def test_o_options_in_either_spelling_reach_the_config(spelling: str, tmp_path: 
     assert config.cache_size == 3 * GiB
     assert config.cache_dir == tmp_path
     assert config.read_only
+
+
+def test_the_cache_root_is_the_nodes_nvme_when_there_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nvme = tmp_path / "local_storage"
+    nvme.mkdir()
+    assert default_cache_root(nvme) == nvme / "wsfuse"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_root(tmp_path / "absent") == tmp_path / "xdg" / "wsfuse"
+
+
+def test_each_bucket_uri_gets_its_own_cache_subdirectory(tmp_path: Path) -> None:
+    uris = ["s3://bucket", "s3://bucket/prefix", "gs://bucket", "s3://other"]
+    dirs = [cache_dir_for(parse_uri(u), tmp_path) for u in uris]
+    assert len(set(dirs)) == len(uris)
+    assert all(d.parent == tmp_path for d in dirs)
+    assert cache_dir_for(parse_uri("s3://bucket/prefix"), tmp_path) == dirs[1]  # stable
+    assert "bucket_prefix" in dirs[1].name  # readable

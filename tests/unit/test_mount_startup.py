@@ -49,3 +49,26 @@ async def test_a_mount_that_does_not_answer_at_start_is_an_error(
     monkeypatch.setattr(mount.os, "stat", _stat_failing_with(errno.EIO))
     with pytest.raises(OSError, match="from the test"):
         await mount._after_mount(MOUNTPOINT, "s3://b")
+
+
+def test_preflight_without_dev_fuse_says_how_to_get_it(tmp_path: Path) -> None:
+    with pytest.raises(mount.UserError) as err:
+        mount.preflight(tmp_path, dev_fuse=tmp_path / "no-such-device")
+    message = str(err.value)
+    assert "does not exist" in message
+    assert "modprobe fuse" in message and "--device /dev/fuse" in message
+
+
+def test_preflight_refuses_a_mount_point_the_user_does_not_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mnt = tmp_path / "theirs"
+    mnt.mkdir()
+    owner = mnt.stat().st_uid
+    monkeypatch.setattr(mount.os, "geteuid", lambda: owner + 1)  # an ordinary other user
+    with pytest.raises(mount.UserError) as err:
+        mount.preflight(mnt, dev_fuse=Path(os.devnull))
+    assert "no permission to mount" in str(err.value)
+    assert f"belongs to uid {owner}" in str(err.value)
+    monkeypatch.setattr(mount.os, "geteuid", lambda: owner)  # the owner may
+    mount.preflight(mnt, dev_fuse=Path(os.devnull))

@@ -34,6 +34,7 @@ from wsfuse.fs import posixmeta
 from wsfuse.fs.attrstore import DIR_VERSION, AttrStore
 from wsfuse.fs.dirahead import DirectoryReadAhead
 from wsfuse.fs.fetcher import BlockFetcher, PinnedObject
+from wsfuse.fs.kernelstats import KernelRequests
 from wsfuse.fs.listedattrs import learn_listed_attributes
 from wsfuse.fs.mutations import Mutations
 from wsfuse.fs.namespace import Entry, Listing, child_path, dir_prefix, valid_name
@@ -158,6 +159,7 @@ class Filesystem(Mutations):
         self._next_fh = itertools.count(1)
         self.hidden_keys = 0
         self.mount_time = now
+        self.kernel = KernelRequests()  # counted by the adapter (fuse_ops), shown by status
 
     # ------------------------------------------------------------------ inodes
 
@@ -227,7 +229,19 @@ class Filesystem(Mutations):
             missing_since = self.negative.get(path)
             if missing_since is not None and self._fresh(missing_since):
                 raise FsError(errno.ENOENT)
-            node = await self._lookup_remote(path)
+            own = self._fresh_listing(path)
+            if (
+                own is not None
+                and own.entries
+                and (own.marker is False or self.attr_store.get(path, DIR_VERSION) is not None)
+            ):
+                # Listed within the TTL (by this mount, or by the last one: the index keeps
+                # listings) and not empty: a directory, and the directory wins a clash with a
+                # file of its name. A remount walks down to what it listed without a request
+                # (unless the attributes in its marker are still to be read).
+                node = self._remember(path, True, None, own.fetched_at)
+            else:
+                node = await self._lookup_remote(path)
         node.lookups += 1
         return node
 
@@ -537,6 +551,7 @@ class Filesystem(Mutations):
             "readahead_handoffs": fetch.handoffs,
             "readahead_disk_loads": fetch.disk_loads,
             "directory_prefetch_files": self.dir_ahead.files_requested,
+            "inflight_joins": fetch.inflight_joins,
             "prefetch_cancelled": fetch.prefetch_cancelled,
             "prefetch_skipped_budget": fetch.prefetch_skipped_budget,
             "inflight_blocks": len(self.fetcher.inflight),
@@ -545,4 +560,5 @@ class Filesystem(Mutations):
             "pending_uploads": self.writeback.pending_uploads(),
             "streamed_parts_from_memory": self.part_sources.from_memory,
             "streamed_parts_read_back": self.part_sources.read_back,
+            **self.kernel.as_dict(),
         }

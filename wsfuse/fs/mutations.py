@@ -213,7 +213,7 @@ class Mutations:
         node = self._remember(path, True, None, self.clock())
         node.attrs = attrs
         self._listing_put(node, Entry(name, True, mtime=self.clock()))
-        self.listings[path] = Listing((), {}, 0, self.clock())
+        self.listings[path] = Listing((), {}, 0, self.clock(), marker=True)
         node.lookups += 1
         return node
 
@@ -509,4 +509,6 @@ class Mutations:
 
 def _rebuilt(listing: Listing, entries: dict[str, Entry]) -> Listing:
     ordered = tuple(entries[k] for k in sorted(entries))
-    return Listing(ordered, dict(entries), listing.hidden, listing.fetched_at)
+    return Listing(
+        ordered, dict(entries), listing.hidden, listing.fetched_at, marker=listing.marker
+    )

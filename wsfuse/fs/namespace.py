@@ -61,6 +61,9 @@ class Listing:
     hidden: int
     fetched_at: float  # wall-clock seconds, so a persisted listing ages across restarts
     has_local: bool = False  # includes files written here and not uploaded yet
+    # The directory's own `dir/` marker was listed (its POSIX attributes live there); None:
+    # not known (a listing persisted before this was recorded).
+    marker: bool | None = False
 
     @classmethod
     def build(
@@ -75,11 +78,13 @@ class Listing:
         files: dict[str, Entry] = {}
         dirs: dict[str, Entry] = {}
         hidden = 0
+        marker = False
         for page in pages:
             for info in page.objects:
                 name = info.key[n:]
                 if name == "":
-                    continue  # the directory's own marker
+                    marker = True  # the directory's own marker: not an entry
+                    continue
                 if not valid_name(name) or (not path and name in RESERVED_ROOT_NAMES):
                     hidden += 1
                     continue
@@ -96,11 +101,12 @@ class Listing:
         local = {e.name: e for e in extra if e.name not in dirs}
         merged = {**files, **local, **dirs}
         entries = tuple(merged[k] for k in sorted(merged))
-        return cls(entries, merged, hidden, fetched_at, bool(local))
+        return cls(entries, merged, hidden, fetched_at, bool(local), marker)
 
     def encode(self) -> bytes:
         rows = [[e.name, int(e.is_dir), e.size, e.etag, e.mtime] for e in self.entries]
-        return json.dumps({"v": 1, "t": self.fetched_at, "h": self.hidden, "e": rows}).encode()
+        doc = {"v": 1, "t": self.fetched_at, "h": self.hidden, "m": self.marker, "e": rows}
+        return json.dumps(doc).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> Listing | None:
@@ -111,4 +117,11 @@ class Listing:
             entries = tuple(Entry(r[0], bool(r[1]), r[2], r[3], r[4]) for r in doc["e"])
         except (ValueError, KeyError, TypeError, IndexError):
             return None
-        return cls(entries, {e.name: e for e in entries}, int(doc["h"]), float(doc["t"]))
+        marker = doc.get("m")
+        return cls(
+            entries,
+            {e.name: e for e in entries},
+            int(doc["h"]),
+            float(doc["t"]),
+            marker=marker if isinstance(marker, bool) else None,
+        )
