@@ -453,6 +453,27 @@ async def test_seek_away_cancels_readahead(h: Harness) -> None:
     await h.fs.release(fh)
 
 
+async def test_cancelled_readahead_keeps_the_blocks_that_arrive_anyway(h: Harness) -> None:
+    """A worker thread cannot be stopped in the middle of its GET: what it receives after the
+    read-ahead was cancelled goes to the cache, not away (to be fetched again later)."""
+    h.backend.put("f", ramp("f", 0, 200 * MiB))
+    ino = await h.path_ino("f")
+    fh, _ = await h.fs.open(ino, write=False)
+    h.faulty.latency = 0.2
+    for i in range(4):  # sequential: read-ahead starts
+        await h.fs.read(fh, i * MiB, MiB)
+    await trio.testing.wait_all_tasks_blocked()  # its GETs are in their worker threads
+    ahead = sorted(bkey.index for bkey in h.fs.fetcher.inflight)
+    assert len(ahead) > 8
+    await h.fs.read(fh, 150 * MiB, 4096)  # seek away: the read-ahead is cancelled
+    await trio.sleep(0.5)  # its GETs finish in their threads
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.fs.fetcher.stats.prefetch_cancelled > 0
+    etag = h.fs.inodes[ino].etag
+    assert all(h.fs.cache.contains(BlockKey("f", etag, i)) for i in ahead)
+    await h.fs.release(fh)
+
+
 async def test_handle_is_pinned_to_its_version(h: Harness) -> None:
     h.backend.put("v", ramp("old", 0, 40 * MiB))
     ino = await h.path_ino("v")

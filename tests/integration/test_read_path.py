@@ -7,12 +7,14 @@ import mmap
 import os
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import BLOCK, S3Bucket
+from wsfuse.config import DEFAULTS
 from wsfuse.testing.ramp import ramp
 
 SIZES = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17]
@@ -53,6 +55,19 @@ def test_100_mib_object_byte_exact(bucket: S3Bucket, mounter: Any) -> None:
     assert off == size
     # sequential prefetch must not read the object more than ~once
     assert bucket.get_bytes("big") <= 1.1 * size
+    rng = random.Random(100)
+    with open(m.path / "big", "rb") as f:
+        for _ in range(30):
+            off = rng.randrange(0, size)
+            n = rng.randrange(1, 3 * BLOCK)
+            f.seek(off)
+            assert f.read(n) == ramp("big", off, min(n, size - off)), f"range at {off}"
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mm:
+            assert len(mm) == size
+            for _ in range(30):
+                off = rng.randrange(0, size - 4096)
+                assert mm[off : off + 4096] == ramp("big", off, 4096), f"mmap at {off}"
+            assert mm[:] == ramp("big", 0, size)
 
 
 def test_listing_2500_keys_nested_dirs_and_hidden_keys(bucket: S3Bucket, mounter: Any) -> None:
@@ -110,27 +125,32 @@ def test_warm_remount_makes_zero_gets(bucket: S3Bucket, mounter: Any) -> None:
 
 
 def test_two_concurrent_readers_of_one_block_make_one_get(bucket: S3Bucket, mounter: Any) -> None:
+    """Two handles read different pages of one uncached block (the same page would be one
+    kernel read: the second reader would wait on the page lock, not on the daemon)."""
     bucket.put("one", ramp("one", 0, BLOCK))
     m = mounter("-o", "metadata_ttl=600")
     (m.path / "one").stat()
+    before = m.status()
     bucket.server.latency = 0.3  # both readers arrive while the GET is in flight
     try:
-        results: list[bytes] = []
+        results: dict[int, bytes] = {}
 
-        def read() -> None:
+        def read(offset: int) -> None:
             with open(m.path / "one", "rb", buffering=0) as f:
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-                results.append(f.read(4096))
+                results[offset] = os.pread(f.fileno(), 4096, offset)
 
-        threads = [threading.Thread(target=read) for _ in range(2)]
+        threads = [threading.Thread(target=read, args=(off,)) for off in (0, BLOCK // 2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
     finally:
         bucket.server.latency = 0
-    assert results == [ramp("one", 0, 4096)] * 2
-    assert bucket.gets("one") == 1
+    assert results == {off: ramp("one", off, 4096) for off in (0, BLOCK // 2)}
+    after = m.status()
+    assert after["kernel_reads"] - before["kernel_reads"] == 2  # both reached the daemon...
+    assert bucket.gets("one") == 1  # ...which fetched the block once
 
 
 def test_random_4k_reads_fetch_at_most_a_block_each(bucket: S3Bucket, mounter: Any) -> None:
@@ -145,6 +165,31 @@ def test_random_4k_reads_fetch_at_most_a_block_each(bucket: S3Bucket, mounter: A
             off = rng.randrange(0, size - 4096)
             assert os.pread(f.fileno(), 4096, off) == ramp("rand", off, 4096)
     assert bucket.get_bytes("rand") <= n * BLOCK
+
+
+def test_sequential_read_ahead_starts_small_grows_and_runs_in_parallel(
+    bucket: S3Bucket, mounter: Any
+) -> None:
+    size = 64 * BLOCK
+    bucket.put("par", ramp("par", 0, size))
+    m = mounter()
+    (m.path / "par").stat()
+    bucket.server.reset_stats()
+    bucket.server.delays.reset_overlap()
+    bucket.server.latency = 0.05
+    try:
+        with open(m.path / "par", "rb", buffering=0) as f:
+            assert f.read(BLOCK) == ramp("par", 0, BLOCK)  # a reader of the head only...
+        time.sleep(0.3)
+        head_bytes = bucket.get_bytes("par")
+        with open(m.path / "par", "rb", buffering=0) as f:
+            got = b"".join(iter(lambda: f.read(BLOCK), b""))
+    finally:
+        bucket.server.latency = 0
+    assert head_bytes <= 2 * DEFAULTS.fetch_size  # ...does not start the whole window
+    assert got == ramp("par", 0, size)
+    assert bucket.get_bytes("par") <= 1.1 * size
+    assert bucket.server.delays.peak_overlap >= 2, "read-ahead GETs did not overlap"
 
 
 def test_a_larger_read_ahead_kb_still_reads_one_stream(bucket: S3Bucket, mounter: Any) -> None:
@@ -175,6 +220,25 @@ def _block_files(cache_dir: Path) -> list[Path]:
         for p in (cache_dir).rglob("*")
         if p.is_file() and "blocks" in p.parts and not p.name.endswith(".tmp")
     ]
+
+
+def test_the_cache_stays_within_cache_size(bucket: S3Bucket, mounter: Any, tmp_path: Path) -> None:
+    size = 16 * BLOCK
+    bucket.put("e", ramp("e", 0, size))
+    m = mounter("--cache-size", "4M")
+    assert (m.path / "e").read_bytes() == ramp("e", 0, size)
+    status = m.status()
+    assert status["cache_capacity"] == 4 * BLOCK
+    assert 0 < status["cache_bytes"] <= 4 * BLOCK
+    assert 0 < len(_block_files(tmp_path / "cache")) <= 4
+    m.stop()
+    bucket.server.reset_stats()
+    m2 = mounter("--cache-size", "4M")  # what was evicted comes from the bucket again
+    assert (m2.path / "e").read_bytes() == ramp("e", 0, size)
+    # (the blocks it kept are evicted by the first ones read again before they are reached:
+    # a sequential pass larger than the cache is LRU's worst case)
+    assert size - 4 * BLOCK <= bucket.get_bytes("e") <= size
+    assert len(_block_files(tmp_path / "cache")) <= 4
 
 
 def test_corrupt_cache_block_is_refetched_and_logged(
@@ -234,36 +298,52 @@ def test_remote_overwrite_mid_read_never_mixes_versions(bucket: S3Bucket, mounte
         with pytest.raises(OSError) as err:
             os.pread(f.fileno(), 4096, 60 * BLOCK)
         assert err.value.errno == 5
-    import time
 
     time.sleep(1.2)
     assert (m.path / "v").read_bytes() == ramp("v-new", 0, size)
     assert "no longer version" in m.log() or "PreconditionFailed" in m.log() or "412" in m.log()
 
 
-def test_status_command(bucket: S3Bucket, mounter: Any) -> None:
+def test_status_command(bucket: S3Bucket, mounter: Any, tmp_path: Path) -> None:
     import json
     import subprocess
     import sys
 
-    bucket.put("s", b"hello")
+    size = 3 * BLOCK
+    bucket.put("s", ramp("s", 0, size))
     m = mounter()
-    assert (m.path / "s").read_bytes() == b"hello"
+    assert (m.path / "s").read_bytes() == ramp("s", 0, size)
+    deadline = time.monotonic() + 10
+    while (cold := m.status())["cache_blocks"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)  # blocks handed to the reader from memory reach the disk after it
+    assert cold["backend_bytes"] == size == bucket.get_bytes("s")
+    assert cold["backend_requests"] >= bucket.gets("s") >= 1
+    assert cold["cache_blocks"] == 3 and cold["cache_bytes"] == size
+    assert cold["cache_hits"] == 0 and cold["hit_ratio"] == 0
+    assert cold["demand_fetches"] + cold["prefetches"] >= 1
+    assert cold["pending_uploads"] == [] and cold["open_handles"] == 0
+    # The control socket lives under the cache directory, not in the mounted tree.
+    control = Path(os.fsdecode(os.getxattr(m.path, "user.wsfuse.control")))
+    assert control.is_socket() and control.is_relative_to(m.cache_dir)
+    assert not [n for n in os.listdir(m.path) if "wsfuse" in n or n.endswith(".sock")]
+    m.stop()
+    warm = mounter()  # the same cache directory: every block is a hit
+    assert (warm.path / "s").read_bytes() == ramp("s", 0, size)
     out = subprocess.run(
-        [sys.executable, "-m", "wsfuse", "status", str(m.path), "--json"],
+        [sys.executable, "-m", "wsfuse", "status", str(warm.path), "--json"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     status = json.loads(out)
-    assert status["backend_requests"] >= 1
-    assert status["cache_capacity"] > 0
-    assert "pending_uploads" in status
+    assert status["cache_hits"] == 3 and status["cache_misses"] == 0
+    assert status["hit_ratio"] == 1.0
+    assert status["backend_bytes"] == 0
     human = subprocess.run(
-        [sys.executable, "-m", "wsfuse", "status", str(m.path)],
+        [sys.executable, "-m", "wsfuse", "status", str(warm.path)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    assert "hit ratio" in human
-    assert ".wsfuse" not in "".join(os.listdir(m.path))
+    assert "hit ratio                1.000" in human
+    assert "cache bytes              3.0 MiB" in human

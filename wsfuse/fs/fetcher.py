@@ -14,6 +14,7 @@ disk writes of fetched blocks. What to fetch, and when, is decided per handle by
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -67,6 +68,35 @@ class _Pending:
             raise self.error
         assert self.data is not None
         return self.data
+
+
+class _LateBlocks:
+    """The meeting point of a fetch's worker thread and its trio task, for when the task
+    stops waiting (read-ahead cancelled by a seek or a close). The thread cannot be stopped
+    in the middle of a GET, so its bytes arrive anyway: rather than drop them and fetch them
+    again later, whichever side learns last that the other has gone stores them."""
+
+    __slots__ = ("_abandoned", "_blocks", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._blocks: list[bytes] | None = None
+
+    def arrived(self, blocks: list[bytes]) -> bool:
+        """In the worker thread, with the whole blocks: True if nobody waits for them any
+        more (the thread then stores them itself)."""
+        with self._lock:
+            self._blocks = blocks
+            return self._abandoned
+
+    def abandon(self) -> list[bytes] | None:
+        """In the trio task, when it stopped waiting: the blocks if they had arrived (their
+        thread left them to the task, whose result was then dropped), else None (the thread
+        will store them when they arrive)."""
+        with self._lock:
+            self._abandoned = True
+            return self._blocks
 
 
 @dataclass(slots=True)
@@ -291,10 +321,16 @@ class BlockFetcher:
             # by the worker thread that fetched it: one thread hop per file, not two.
             # (`direct` is False exactly for read-ahead without a hand-off, see `start_fetch`)
             store_there = group is not None and not direct
+            late = _LateBlocks()
             with scope:
-                blocks = await self._get_blocks(obj, run, crcs, store=store_there, direct=direct)
+                blocks = await self._get_blocks(
+                    obj, run, crcs, store=store_there, direct=direct, late=late
+                )
             if scope.cancelled_caught:
                 self.stats.prefetch_cancelled += 1
+                arrived = late.abandon()
+                if arrived is not None and not store_there:
+                    self.nursery.start_soon(self._store_late, run, arrived, crcs, direct)
                 return
             for pending, block in zip(pendings, blocks, strict=True):
                 pending.data = block
@@ -362,11 +398,12 @@ class BlockFetcher:
         *,
         store: bool = False,
         direct: bool = True,
+        late: _LateBlocks,
     ) -> list[bytes]:
         """The blocks of `run` in one GET, each block's checksum put in `crcs` (by its index
         in `run`) by the receiving thread as the block arrives, while its bytes are still in
-        the CPU's cache; with `store`, also written to the cache by that thread (only once
-        they are known to be whole)."""
+        the CPU's cache; with `store`, or if the caller stopped waiting (`late`), also written
+        to the cache by that thread (only once they are known to be whole)."""
         bs = self.block_size
         offset = run[0].index * bs
         length = min(len(run) * bs, obj.size - offset)
@@ -382,20 +419,21 @@ class BlockFetcher:
                     f"{obj.key!r}: expected {length} bytes at {offset}, got {got}", key=obj.key
                 )
 
-        if store:
-
-            def check_and_store(blocks: list[bytes]) -> None:
-                check(blocks)
+        def check_and_store(blocks: list[bytes]) -> None:
+            check(blocks)
+            if late.arrived(blocks) or store:
                 self._store(run, blocks, crcs, direct)
 
-            return await self.backend.get_blocks_then(
-                obj.key, offset, length, bs, check_and_store, if_match=obj.etag, on_block=on_block
-            )
-        blocks = await self.backend.get_blocks(
-            obj.key, offset, length, bs, if_match=obj.etag, on_block=on_block
+        return await self.backend.get_blocks_then(
+            obj.key, offset, length, bs, check_and_store, if_match=obj.etag, on_block=on_block
         )
-        check(blocks)
-        return blocks
+
+    async def _store_late(
+        self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
+    ) -> None:
+        """Blocks of a cancelled fetch that had arrived: kept (see `_LateBlocks`)."""
+        async with self.disk_limiter:
+            await trio.to_thread.run_sync(self._store, run, blocks, crcs, direct)
 
     def _store(
         self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
