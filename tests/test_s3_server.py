@@ -520,3 +520,19 @@ def test_admin_path_drives_a_server_in_another_process() -> None:
         assert proc.wait(10) == 0
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_seeded_objects_are_served_like_uploaded_ones(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    objects = {f"seed/{i:04d}": data_of(100 + i, i) for i in range(300)}
+    server.reset_stats()
+    server.put_objects(bucket, objects)
+    assert server.stats == {}  # no requests: nothing counted, nothing delayed
+    listed = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="seed/")
+    found = {o["Key"]: o for page in listed for o in page["Contents"]}
+    assert sorted(found) == sorted(objects)
+    for key in ("seed/0000", "seed/0299"):
+        assert found[key]["ETag"] == f'"{hashlib.md5(objects[key]).hexdigest()}"'
+        assert get(client, bucket, key)["data"] == objects[key]
+        assert get(client, bucket, key, "bytes=10-19")["data"] == objects[key][10:20]

@@ -99,6 +99,31 @@ def test_listing_2500_keys_nested_dirs_and_hidden_keys(bucket: S3Bucket, mounter
         (m.path / "nope").stat()
 
 
+def test_readdir_under_concurrent_change_skips_and_repeats_nothing(
+    bucket: S3Bucket, mounter: Any
+) -> None:
+    """The kernel reads a large directory in many READDIR requests, each from the offset where
+    the last one ended; entries created and removed in between (here and in the bucket) must
+    not shift those offsets: no name is returned twice, none that stays is skipped."""
+    names = {f"{i:05d}" for i in range(2500)}
+    bucket.put_many({f"chg/{n}": b"x" for n in names})
+    m = mounter()
+    directory = m.path / "chg"
+    seen: list[str] = []
+    with os.scandir(directory) as entries:
+        for n, entry in enumerate(entries):
+            seen.append(entry.name)
+            if n == 100:
+                (directory / "00000-new").write_bytes(b"n")  # sorts before the offset
+                (directory / "zzzzz-new").write_bytes(b"n")  # and after it
+                os.unlink(directory / "02000")  # not returned yet
+                bucket.put("chg/01500-remote", b"r")
+    assert len(seen) == len(set(seen)), "a name was returned twice"
+    assert names - {"02000"} <= set(seen), "a name that stayed was skipped"
+    assert "02000" not in os.listdir(directory)
+    assert {"00000-new", "zzzzz-new"} <= set(os.listdir(directory))
+
+
 def test_stat_after_listing_makes_no_head(bucket: S3Bucket, mounter: Any) -> None:
     for i in range(50):
         bucket.put(f"d/{i}", b"z" * i)
