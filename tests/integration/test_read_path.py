@@ -287,19 +287,27 @@ def test_corrupt_cache_block_is_refetched_and_logged(
     assert "WARNING" in m2.log() and "corrupt" in m2.log().lower()
 
 
-def test_kill9_while_filling_cache_then_remount_reads_exact(bucket: S3Bucket, mounter: Any) -> None:
+def test_kill9_while_filling_cache_then_remount_reads_exact(
+    bucket: S3Bucket, mounter: Any, tmp_path: Path
+) -> None:
     size = 40 * BLOCK
     bucket.put("k9", ramp("k9", 0, size))
     m = mounter()
-    bucket.server.latency = 0.05
+    bucket.server.latency = 0.3
     try:
         with open(m.path / "k9", "rb") as f:
-            f.read(10 * BLOCK)  # read-ahead is now filling the cache
+            f.read(2 * BLOCK)  # read-ahead GETs are now in flight (0.3 s each)
+            deadline = time.monotonic() + 5
+            while not _block_files(tmp_path / "cache") and time.monotonic() < deadline:
+                time.sleep(0.01)  # the first GET's blocks reach the disk
             m.kill9()
     except OSError:
         pass  # the read may fail when the daemon dies under it
     finally:
         bucket.server.latency = 0
+    stored = len(_block_files(tmp_path / "cache"))
+    assert 0 < stored < 40, "the daemon was not killed in the middle of filling its cache"
+    bucket.server.reset_stats()
     m2 = mounter()
     with open(m2.path / "k9", "rb") as f:
         off = 0
@@ -307,6 +315,7 @@ def test_kill9_while_filling_cache_then_remount_reads_exact(bucket: S3Bucket, mo
             assert chunk == ramp("k9", off, len(chunk)), f"mismatch at {off}"
             off += len(chunk)
     assert off == size
+    assert bucket.get_bytes("k9") < size  # what was stored whole before the kill served
 
 
 def test_remote_overwrite_mid_read_never_mixes_versions(bucket: S3Bucket, mounter: Any) -> None:
