@@ -497,7 +497,7 @@ def test_admin_path_drives_a_server_in_another_process() -> None:
         status, stats = admin(url, "GET", "stats?reset=1")
         assert status == 200
         assert stats["PUT"]["requests"] == 1
-        assert stats["GET"] == {"requests": 3, "bytes": 300}
+        assert stats["GET"] == {"requests": 3, "bytes": 300, "received": 0}
         assert stats["total"]["requests"] == 4
         status, stats = admin(url, "GET", "stats")
         assert stats["total"]["requests"] == 0  # reset after the last read; admin not counted
@@ -536,3 +536,29 @@ def test_seeded_objects_are_served_like_uploaded_ones(
         assert found[key]["ETag"] == f'"{hashlib.md5(objects[key]).hexdigest()}"'
         assert get(client, bucket, key)["data"] == objects[key]
         assert get(client, bucket, key, "bytes=10-19")["data"] == objects[key][10:20]
+
+
+def test_request_bodies_are_counted_and_harness_requests_are_not(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    server.reset_stats()
+    client.put_object(Bucket=bucket, Key="up", Body=b"u" * 1000)
+    upload_multipart(client, bucket, "mpu", data_of(6 * MIB, 1), 5 * MIB)
+    summary = server.stats_summary()
+    assert summary["PUT"]["received"] == 1000
+    assert summary["UPLOAD_PART"]["received"] == 6 * MIB
+    assert [r.bytes_received for r in server.requests if r.key == "up"] == [1000]
+
+    harness = server.client()
+    harness.meta.events.register(
+        "before-sign.s3", lambda request, **_: request.headers.add_header("x-wsfuse-harness", "1")
+    )
+    server.reset_stats()
+    server.delays.reset_overlap()
+    server.latency = 0.5
+    try:
+        assert harness.head_object(Bucket=bucket, Key="up")["ContentLength"] == 1000
+        assert server.delays.delayed == 0  # not delayed
+    finally:
+        server.latency = 0
+    assert server.stats == {}  # not counted

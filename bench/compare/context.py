@@ -15,7 +15,6 @@ import os
 import shutil
 import statistics
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,15 +45,13 @@ class OutOfTime(Exception):
 
 
 class Poller:
-    """The harness's own checks against the bucket ("is it there yet?"). Their requests are
-    counted here and subtracted from the workload's server counts."""
+    """The harness's own checks against the bucket ("is it there yet?"), on a client whose
+    requests the server neither delays nor counts (`harness_client`)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        self.counts: Counter[str] = Counter()
 
     def size(self, key: str) -> int | None:
-        self.counts["HEAD"] += 1
         try:
             return int(self.client.head_object(Bucket=BUCKET, Key=key)["ContentLength"])
         except Exception:
@@ -64,7 +61,6 @@ class Poller:
         n = 0
         token: str | None = None
         while True:
-            self.counts["LIST"] += 1
             kw: dict[str, Any] = {"Bucket": BUCKET, "Prefix": prefix}
             if token:
                 kw["ContinuationToken"] = token
@@ -81,14 +77,6 @@ class Poller:
                 return False
             time.sleep(interval)
         return True
-
-    def subtract_from(self, server: dict[str, dict[str, int]]) -> None:
-        for kind, n in self.counts.items():
-            if kind in server:
-                server[kind]["requests"] = max(0, server[kind]["requests"] - n)
-            if "total" in server:
-                server["total"]["requests"] = max(0, server["total"]["requests"] - n)
-        self.counts.clear()
 
 
 @dataclass
@@ -170,7 +158,6 @@ class Ctx:
         *,
         mount: Mount | None = None,
         drop: bool = False,
-        poller: Poller | None = None,
         children: bool = False,
     ) -> Sample:
         """One time-bounded workload with its CPU, traffic and RSS."""
@@ -185,8 +172,6 @@ class Ctx:
         ):
             sample = fn()
         sample = meter.fill(sample)
-        if poller is not None:
-            poller.subtract_from(sample.server)
         sample.cpu["busy_before"] = busy_before
         after = wsfuse_status(mount)
         if after:

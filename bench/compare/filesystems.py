@@ -10,6 +10,8 @@ passthrough do it themselves), so every FUSE mount gets the same kernel read-ahe
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,40 +123,46 @@ def specs(url: str, work: Path) -> dict[str, FsSpec]:
         return Mount("rclone", argv, mnt, log, env=env, wait_read_ahead=None, set_read_ahead=1024)
 
     def passthrough_desc() -> str:
-        return "bench/passthrough.py SOURCE MNT [--keep-cache]"
+        return exact_command(
+            lambda mnt, cache, log: passthrough_mount(cache, mnt, log, keep_cache=True), url, work
+        ).replace("--keep-cache", "[--keep-cache]")
 
     return {
-        "wsfuse": FsSpec(
-            "wsfuse",
-            None,
-            wsfuse,
-            lambda: (
-                f"python -m wsfuse mount s3://{BUCKET} MNT --endpoint-url URL -f "
-                "--cache-dir DIR (defaults; read_ahead_kb=1024 set by wsfuse)"
-            ),
-        ),
-        "s3fs": FsSpec(
-            "s3fs",
-            "s3fs",
-            s3fs,
-            lambda: (
-                f"s3fs {BUCKET} MNT -f -o url=URL,passwd_file=F,use_cache=DIR,"
-                + ",".join(S3FS_OPTIONS + s3fs_tls)
-                + " (harness: read_ahead_kb=1024)"
-            ),
-        ),
-        "rclone": FsSpec(
-            "rclone",
-            "rclone",
-            rclone,
-            lambda: (
-                f"rclone mount :s3:{BUCKET} MNT --s3-endpoint URL --cache-dir DIR "
-                + " ".join(RCLONE_OPTIONS + (["--ca-cert", "CERT"] if ca else []))
-                + " (AWS_CA_BUNDLE unset; harness: read_ahead_kb=1024)"
-            ),
-        ),
+        "wsfuse": FsSpec("wsfuse", None, wsfuse, lambda: exact_command(wsfuse, url, work)),
+        "s3fs": FsSpec("s3fs", "s3fs", s3fs, lambda: exact_command(s3fs, url, work)),
+        "rclone": FsSpec("rclone", "rclone", rclone, lambda: exact_command(rclone, url, work)),
         "passthrough": FsSpec("passthrough", None, lambda *a: _unused(), passthrough_desc),
     }
+
+
+def exact_command(make: Callable[[Path, Path, Path], Mount], url: str, work: Path) -> str:
+    """The command line `make` runs, word for word, with the run's own paths, endpoint and
+    credentials as placeholders (MNT, DIR, LOG, WORK, URL, KEY, SECRET), and what the harness
+    or the filesystem sets besides it."""
+    m = make(Path("/MNT"), Path("/DIR"), Path("/LOG"))
+    subs = {
+        url: "URL",
+        SECRET_KEY: "SECRET",
+        ACCESS_KEY: "KEY",
+        PYTHON: "python",
+        str(ROOT): "ROOT",
+        str(work): "WORK",
+    }
+    words = []
+    for arg in m.argv:
+        word = arg
+        for old, new in subs.items():
+            word = word.replace(old, new)
+        words.append(re.sub(r"(^|[=,])/(MNT|DIR|LOG)\b", r"\1\2", word))
+    notes = []
+    if m.wait_read_ahead:
+        notes.append(f"sets read_ahead_kb={m.wait_read_ahead} itself")
+    if m.set_read_ahead:
+        notes.append(f"the harness sets read_ahead_kb={m.set_read_ahead}")
+    if "AWS_CA_BUNDLE" in ENV and "AWS_CA_BUNDLE" not in m.env:
+        notes.append("AWS_CA_BUNDLE unset")
+    text = " ".join(shlex.quote(w) for w in words)
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def _unused() -> Mount:

@@ -20,6 +20,7 @@ from bench.compare.filesystems import FsSpec
 from bench.harness.env import BUCKET, KiB, log
 from bench.harness.meter import Sample
 from bench.harness.mount import Mount
+from bench.harness.server import harness_client
 
 
 def _mount(ctx: Ctx, spec: FsSpec, cache: Path) -> Mount:
@@ -161,7 +162,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
     until the final object is in the bucket) and `--creates` x 64 KiB files by one writer
     (until closed; until all are listed)."""
     size = ctx.data.big_size
-    poller = Poller(ctx.client)
+    poller = Poller(harness_client(ctx.server.url))
     res: dict[str, list] = {
         k: [] for k in ("close", "bucket", "rn_close", "rn_bucket", "cr", "crl")
     }
@@ -179,7 +180,6 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                 f"{spec.name} write 1 GiB",
                 partial(_write_and_wait, m, poller, key, size, ctx.args.timeout),
                 mount=m,
-                poller=poller,
             )
             res["close"].append((size / s.extra["close_s"] / 1e6, s))
             res["bucket"].append((s.mbps, s))
@@ -192,7 +192,6 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     f"{spec.name} write 1 GiB + rename",
                     partial(_write_rename_and_wait, m, poller, tmp, final, size, ctx.args.timeout),
                     mount=m,
-                    poller=poller,
                 )
                 res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
                 res["rn_bucket"].append((s.mbps, s))
@@ -204,7 +203,6 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     f"{spec.name} creates",
                     partial(_create_and_wait, ctx, m, poller, d),
                     mount=m,
-                    poller=poller,
                 )
                 res["cr"].append((s.ops / s.extra["close_s"], s))
                 res["crl"].append((s.ops / s.seconds, s))

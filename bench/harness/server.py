@@ -143,6 +143,19 @@ def s3_client(url: str, pool: int = 32) -> Any:
     )
 
 
+def harness_client(url: str) -> Any:
+    """A client for the harness's own checks ("is it in the bucket yet?"): its requests carry
+    `x-wsfuse-harness: 1`, so the server neither delays nor counts them and a workload's
+    time and traffic are its own."""
+    client = s3_client(url, pool=4)
+    client.meta.events.register("before-sign.s3", _mark_as_harness)
+    return client
+
+
+def _mark_as_harness(request: Any, **_: Any) -> None:
+    request.headers["x-wsfuse-harness"] = "1"
+
+
 def seed(client: Any, key: str, size: int, threads: int = 8) -> float:
     """Multipart-upload `size` bytes of ramp data as `key`; returns MB/s."""
     from wsfuse.testing.ramp import ramp

@@ -103,11 +103,34 @@ def test_traffic_bounds_count_bytes_from_the_server_per_byte_read() -> None:
             server={"GET": {"requests": 90, "bytes": 90 * mib}},
         ),
     ]
+    rows += [
+        row(
+            "wsfuse",
+            "small_cold_shuffled_8",
+            300.0,
+            ops=200,
+            bytes=200 * 128 * 1024,
+            server={"GET": {"requests": 210, "bytes": 205 * 128 * 1024}},
+        ),
+        row(
+            "wsfuse",
+            "fio_rand_1m",
+            90.0,
+            ops=50,
+            server={"GET": {"requests": 60, "bytes": 60 * mib}},
+        ),
+    ]
     t = by_name(report.targets(rows, 20.0))
     over = t["cold seq read: bytes from S3 / bytes read"]
     assert over["value"] == pytest.approx(1200 / 1024, abs=1e-3) and over["met"] is False
     rand = t["random 4 KiB: MiB from S3 per read (≤ one 1 MiB block)"]
     assert (rand["value"], rand["met"]) == (0.9, True)
+    rand1m = t["random 1 MiB: MiB from S3 per read (≤ one 1 MiB block)"]
+    assert (rand1m["value"], rand1m["met"]) == (1.2, False)
+    shuffled = t["small files shuffled x8: bytes from S3 / bytes read"]
+    assert (shuffled["value"], shuffled["met"]) == (1.025, True)
+    wasted = t["small files shuffled x8: GETs per file read (no wasted request)"]
+    assert (wasted["value"], wasted["met"]) == (1.05, False)
 
 
 def test_the_reported_run_renders_with_the_targets_it_recorded() -> None:

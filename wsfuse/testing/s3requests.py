@@ -61,6 +61,7 @@ class RequestRecord(NamedTuple):
     key: str | None
     bytes_sent: int  # response body bytes
     status: int  # 0 while the response has not started
+    bytes_received: int = 0  # request body bytes (the payload of a chunked upload)
 
 
 @dataclass(slots=True)
@@ -73,9 +74,27 @@ class RequestEntry:
     key: str | None
     bytes_sent: int = 0
     status: int = 0
+    bytes_received: int = 0
 
     def snapshot(self) -> RequestRecord:
-        return RequestRecord(self.kind, self.bucket, self.key, self.bytes_sent, self.status)
+        return RequestRecord(
+            self.kind, self.bucket, self.key, self.bytes_sent, self.status, self.bytes_received
+        )
+
+
+#: A request with this header set to 1 is the harness's own (a benchmark's "is it there yet?"
+#: checks): answered as any other, but neither delayed nor counted.
+HARNESS_HEADER = "HTTP_X_WSFUSE_HARNESS"
+
+
+def body_length(environ: WSGIEnviron) -> int:
+    """The request body's payload length: `x-amz-decoded-content-length` for a chunked
+    (aws-chunked) upload, whose Content-Length includes the chunk signatures."""
+    for name in ("HTTP_X_AMZ_DECODED_CONTENT_LENGTH", "CONTENT_LENGTH"):
+        value = str(environ.get(name) or "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def classify(

@@ -17,11 +17,14 @@ moto's) but, in-process:
   per request to find the service);
 - emulates time-to-first-byte: `server.latency = 0.02` makes every request sleep that long in
   its own thread (werkzeug's threaded server: one thread per connection, so parallel requests
-  overlap); `with server.no_latency():` exempts the harness's own setup;
+  overlap); `with server.no_latency():` exempts the harness's own setup, and a request that
+  carries `x-wsfuse-harness: 1` (a benchmark's own checks, from another process) is neither
+  delayed nor counted;
 - keeps connections open between requests (HTTP/1.1 keep-alive, as S3 does; werkzeug's own
   handler closes after every answer), see `keepalive`;
-- counts requests by kind, bucket and key (`server.count("GET", key="k")`, `server.requests`,
-  `server.stats`, `server.reset_stats()`), so tests can assert what reached the store;
+- counts requests by kind, bucket and key, with the body bytes sent and received
+  (`server.count("GET", key="k")`, `server.requests`, `server.stats`, `server.reset_stats()`),
+  so tests can assert what reached the store;
 - injects faults: `server.fail_next(2, status=503, code="SlowDown", kind="GET")`;
 - serves HTTPS when given a certificate and key (`tls=(cert, key)`, `--tls CERT KEY`), as
   real S3 endpoints do;
@@ -87,6 +90,7 @@ from wsfuse.testing.s3moto import MotoDispatch, create_iam_user, patch_moto, s3_
 from wsfuse.testing.s3requests import (
     COMPLETE_MPU,
     GET,
+    HARNESS_HEADER,
     IGNORED_PARAMS,
     LIST_MPU,
     OTHER,
@@ -98,6 +102,7 @@ from wsfuse.testing.s3requests import (
     StartResponse,
     WSGIApp,
     WSGIEnviron,
+    body_length,
     classify,
     matches,
     split_target,
@@ -314,13 +319,14 @@ class S3TestServer(EmulatesLatency):
     def stats_summary(self, *, reset: bool = False) -> dict[str, dict[str, int]]:
         """Requests and response body bytes by kind (and `"total"`), as JSON-ready numbers;
         with `reset`, the counters restart at once (atomically with the reading)."""
-        summary: dict[str, dict[str, int]] = {"total": {"requests": 0, "bytes": 0}}
+        summary: dict[str, dict[str, int]] = {"total": {"requests": 0, "bytes": 0, "received": 0}}
         with self._lock:
             for e in self._entries:
                 for name in (e.kind, "total"):
-                    row = summary.setdefault(name, {"requests": 0, "bytes": 0})
+                    row = summary.setdefault(name, {"requests": 0, "bytes": 0, "received": 0})
                     row["requests"] += 1
                     row["bytes"] += e.bytes_sent
+                    row["received"] += e.bytes_received
             if reset:
                 self._entries.clear()
         return summary
@@ -366,10 +372,11 @@ class S3TestServer(EmulatesLatency):
                 return self._admin(method, key or "", query, start_response)
             moto_api = bucket == "moto-api"
             kind = OTHER if moto_api else classify(method, bucket, key, query, environ)
-            entry = RequestEntry(kind, bucket, key)
-            with self._lock:
-                self._entries.append(entry)
-            self.delays.delay()
+            entry = RequestEntry(kind, bucket, key, bytes_received=body_length(environ))
+            if environ.get(HARNESS_HEADER) != "1":
+                with self._lock:
+                    self._entries.append(entry)
+                self.delays.delay()
 
             def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
                 entry.status = int(status.split(None, 1)[0])
