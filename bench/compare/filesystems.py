@@ -140,13 +140,13 @@ def exact_command(make: Callable[[Path, Path, Path], Mount], url: str, work: Pat
     credentials as placeholders (MNT, DIR, LOG, WORK, URL, KEY, SECRET), and what the harness
     or the filesystem sets besides it."""
     m = make(Path("/MNT"), Path("/DIR"), Path("/LOG"))
-    subs = {
+    subs = {  # longest first: the work directory's name may contain the access key
+        str(work): "WORK",
+        PYTHON: "python",
+        str(ROOT): "ROOT",
         url: "URL",
         SECRET_KEY: "SECRET",
         ACCESS_KEY: "KEY",
-        PYTHON: "python",
-        str(ROOT): "ROOT",
-        str(work): "WORK",
     }
     words = []
     for arg in m.argv:

@@ -217,6 +217,45 @@ def test_sequential_read_ahead_starts_small_grows_and_runs_in_parallel(
     assert bucket.server.delays.peak_overlap >= 2, "read-ahead GETs did not overlap"
 
 
+def _peak_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
+def test_read_ahead_memory_is_bounded_by_the_budget_not_by_the_readers(
+    bucket: S3Bucket, mounter: Any
+) -> None:
+    """Eight slow sequential readers would each grow a 64 MiB window (512 MiB in all): the
+    prefetch budget (128 MiB) bounds what the daemon holds, whatever the files' sizes."""
+    readers, size = 8, 96 * BLOCK
+    bucket.put_many({f"mem/{i}": ramp(f"mem/{i}", 0, size) for i in range(readers)})
+    m = mounter()
+    os.listdir(m.path / "mem")
+    assert m.proc is not None
+    baseline = _peak_rss(m.proc.pid)
+    failures: list[str] = []
+
+    def read(i: int) -> None:
+        with open(m.path / "mem" / str(i), "rb", buffering=0) as f:
+            off = 0
+            while chunk := f.read(BLOCK):
+                if chunk != ramp(f"mem/{i}", off, len(chunk)):
+                    failures.append(f"mem/{i} at {off}")
+                off += len(chunk)
+                time.sleep(0.002)  # slower than read-ahead: the windows fill up
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(readers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    grown = _peak_rss(m.proc.pid) - baseline
+    assert grown < DEFAULTS.prefetch_budget + 96 * BLOCK, f"peak RSS grew {grown >> 20} MiB"
+    assert m.status()["prefetch_skipped_budget"] > 0  # the budget, not the windows, stopped it
+
+
 def test_a_larger_read_ahead_kb_still_reads_one_stream(bucket: S3Bucket, mounter: Any) -> None:
     """With read_ahead_kb above the 1 MiB request size the kernel sends a sequential reader's
     read-ahead as several requests at once, served in any order: still one stream, fetched in
