@@ -245,7 +245,20 @@ def targets(rows: list[dict[str, Any]], lat: float) -> list[dict[str, Any]]:
     )
     rss = v("wsfuse", "daemon_peak_rss")
     add("daemon peak RSS (MiB)", rss, "<=", 300, "VmHWM, max over every wsfuse mount of the run")
-    # traffic: bytes the server sent per byte read
+
+    def per_unit(wid: str, name: str, field: str, per: str, goal: float, unit: str) -> None:
+        """A traffic bound: the server's GET `field` ("bytes" or "requests") per `per` of the
+        workload ("bytes" read, or "ops": files or reads); bytes per op in MiB."""
+        r = find(rows, "wsfuse", wid, lat)
+        den = r["sample"].get(per) if r else None
+        if not r or not den:
+            return
+        num = r["sample"]["server"].get("GET", {}).get(field, 0)
+        scale = MiB if field == "bytes" and per != "bytes" else 1
+        shown = f"{num / MiB:.0f} MiB" if field == "bytes" else f"{num} GETs"
+        of = f"{den / MiB:.0f} MiB" if per == "bytes" else f"{den} {unit}"
+        add(name, num / scale / den, "<=", goal, f"{shown} / {of}")
+
     for wid, what in (
         ("seq_cold", "cold seq read"),
         ("small_cold_name_1", "small files name order x1"),
@@ -253,40 +266,22 @@ def targets(rows: list[dict[str, Any]], lat: float) -> list[dict[str, Any]]:
         ("small_cold_shuffled_1", "small files shuffled x1"),
         ("small_cold_shuffled_8", "small files shuffled x8"),
     ):
-        r = find(rows, "wsfuse", wid, lat)
-        if r and r["sample"].get("bytes"):
-            got = r["sample"]["server"].get("GET", {}).get("bytes", 0)
-            add(
-                f"{what}: bytes from S3 / bytes read",
-                got / r["sample"]["bytes"],
-                "<=",
-                1.1,
-                f"{got / MiB:.0f} / {r['sample']['bytes'] / MiB:.0f} MiB",
-            )
+        per_unit(wid, f"{what}: bytes from S3 / bytes read", "bytes", "bytes", 1.1, "")
     # shuffled: no order to exploit, so no request that a file read did not need
     for readers in (1, 8):
-        r = find(rows, "wsfuse", f"small_cold_shuffled_{readers}", lat)
-        if r and r["sample"].get("ops"):
-            gets = r["sample"]["server"].get("GET", {}).get("requests", 0)
-            add(
-                f"small files shuffled x{readers}: GETs per file read (no wasted request)",
-                gets / r["sample"]["ops"],
-                "<=",
-                1.0,
-                f"{gets} GETs / {r['sample']['ops']} files",
-            )
+        per_unit(
+            f"small_cold_shuffled_{readers}",
+            f"small files shuffled x{readers}: GETs per file read (no wasted request)",
+            "requests",
+            "ops",
+            1.0,
+            "files",
+        )
     # fio's random offsets are aligned to its block size: one 1 MiB block per read at most
     for wid, what in (("fio_rand_4k", "random 4 KiB"), ("fio_rand_1m", "random 1 MiB")):
-        r = find(rows, "wsfuse", wid, lat)
-        if r and r["sample"].get("ops"):
-            got = r["sample"]["server"].get("GET", {}).get("bytes", 0)
-            add(
-                f"{what}: MiB from S3 per read (≤ one 1 MiB block)",
-                got / MiB / r["sample"]["ops"],
-                "<=",
-                1.0,
-                f"{got / MiB:.0f} MiB / {r['sample']['ops']} reads",
-            )
+        per_unit(
+            wid, f"{what}: MiB from S3 per read (≤ one 1 MiB block)", "bytes", "ops", 1.0, "reads"
+        )
     return out
 
 
