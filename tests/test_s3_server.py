@@ -557,8 +557,12 @@ def test_request_bodies_are_counted_and_harness_requests_are_not(
     server.delays.reset_overlap()
     server.latency = 0.5
     try:
+        server.fail_next(1, status=503, code="SlowDown", kind="HEAD")
         assert harness.head_object(Bucket=bucket, Key="up")["ContentLength"] == 1000
         assert server.delays.delayed == 0  # not delayed
     finally:
         server.latency = 0
     assert server.stats == {}  # not counted
+    with pytest.raises(ClientError):  # the fault was left for the client under test
+        client.head_object(Bucket=bucket, Key="up")
+    server.clear_faults()

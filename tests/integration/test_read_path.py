@@ -15,6 +15,7 @@ import pytest
 
 from tests.integration.conftest import BLOCK, S3Bucket
 from wsfuse.config import DEFAULTS
+from wsfuse.mount import control_socket_path
 from wsfuse.testing.ramp import ramp
 
 SIZES = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 17]
@@ -175,7 +176,10 @@ def test_two_concurrent_readers_of_one_block_make_one_get(bucket: S3Bucket, moun
     assert results == {off: ramp("one", off, 4096) for off in (0, BLOCK // 2)}
     after = m.status()
     assert after["kernel_reads"] - before["kernel_reads"] == 2  # both reached the daemon...
-    assert bucket.gets("one") == 1  # ...which fetched the block once
+    # ...while the GET was in flight: each read waited on it (the first reader on the fetch
+    # it started; a reader arriving after it would have found the block cached)...
+    assert after["inflight_joins"] - before["inflight_joins"] == 2
+    assert bucket.gets("one") == 1  # ...and it fetched the block once
 
 
 def test_random_4k_reads_fetch_at_most_a_block_each(bucket: S3Bucket, mounter: Any) -> None:
@@ -205,8 +209,11 @@ def test_sequential_read_ahead_starts_small_grows_and_runs_in_parallel(
     try:
         with open(m.path / "par", "rb", buffering=0) as f:
             assert f.read(BLOCK) == ramp("par", 0, BLOCK)  # a reader of the head only...
-        time.sleep(0.3)
         head_bytes = bucket.get_bytes("par")
+        deadline = time.monotonic() + 10
+        while m.status()["cache_bytes"] < head_bytes and time.monotonic() < deadline:
+            time.sleep(0.05)  # what it fetched, cancelled read-ahead included, is stored
+            head_bytes = bucket.get_bytes("par")
         with open(m.path / "par", "rb", buffering=0) as f:
             got = b"".join(iter(lambda: f.read(BLOCK), b""))
     finally:
@@ -252,7 +259,8 @@ def test_read_ahead_memory_is_bounded_by_the_budget_not_by_the_readers(
         t.join()
     assert not failures
     grown = _peak_rss(m.proc.pid) - baseline
-    assert grown < DEFAULTS.prefetch_budget + 96 * BLOCK, f"peak RSS grew {grown >> 20} MiB"
+    # 156 MiB measured; 498 MiB with the budget lifted
+    assert grown < DEFAULTS.prefetch_budget + 128 * BLOCK, f"peak RSS grew {grown >> 20} MiB"
     assert m.status()["prefetch_skipped_budget"] > 0  # the budget, not the windows, stopped it
 
 
@@ -294,6 +302,9 @@ def test_the_cache_stays_within_cache_size(bucket: S3Bucket, mounter: Any, tmp_p
     status = m.status()
     assert status["cache_capacity"] == 4 * BLOCK
     assert 0 < status["cache_bytes"] <= 4 * BLOCK
+    deadline = time.monotonic() + 5
+    while len(_block_files(tmp_path / "cache")) > 4 and time.monotonic() < deadline:
+        time.sleep(0.05)  # a block renamed into place just before its eviction victim went
     assert 0 < len(_block_files(tmp_path / "cache")) <= 4
     m.stop()
     bucket.server.reset_stats()
@@ -397,7 +408,9 @@ def test_status_command(bucket: S3Bucket, mounter: Any, tmp_path: Path) -> None:
     assert cold["pending_uploads"] == [] and cold["open_handles"] == 0
     # The control socket lives under the cache directory, not in the mounted tree.
     control = Path(os.fsdecode(os.getxattr(m.path, "user.wsfuse.control")))
-    assert control.is_socket() and control.is_relative_to(m.cache_dir)
+    assert control.is_socket() and control == control_socket_path(m.cache_dir)
+    if len(os.fsencode(m.cache_dir / "control.sock")) < 100:
+        assert control.parent == m.cache_dir
     assert not [n for n in os.listdir(m.path) if "wsfuse" in n or n.endswith(".sock")]
     m.stop()
     warm = mounter()  # the same cache directory: every block is a hit

@@ -421,7 +421,9 @@ class BlockFetcher:
 
         def check_and_store(blocks: list[bytes]) -> None:
             check(blocks)
-            if late.arrived(blocks) or store:
+            if late.arrived(blocks):
+                self._store_abandoned(run, blocks, crcs, direct)
+            elif store:
                 self._store(run, blocks, crcs, direct)
 
         return await self.backend.get_blocks_then(
@@ -433,7 +435,18 @@ class BlockFetcher:
     ) -> None:
         """Blocks of a cancelled fetch that had arrived: kept (see `_LateBlocks`)."""
         async with self.disk_limiter:
-            await trio.to_thread.run_sync(self._store, run, blocks, crcs, direct)
+            await trio.to_thread.run_sync(self._store_abandoned, run, blocks, crcs, direct)
+
+    def _store_abandoned(
+        self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
+    ) -> None:
+        """`_store` for blocks nobody waits for: a failure is logged, never raised (in an
+        abandoned worker thread nobody would see it; in the mount's nursery it would end the
+        mount)."""
+        try:
+            self._store(run, blocks, crcs, direct)
+        except Exception:
+            log.warning("could not keep the blocks of a cancelled read-ahead", exc_info=True)
 
     def _store(
         self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool

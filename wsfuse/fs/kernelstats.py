@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 class KernelRequests:
     lookups: int = 0
     getattrs: int = 0
-    forgets: int = 0  # inode references the kernel let go of (dentry/inode eviction)
+    forgets: int = 0  # inodes in the kernel's FORGET requests (evicted dentries and inodes)
     reads: int = 0
     read_bytes: int = 0  # bytes answered
     largest_read: int = 0  # the largest size one read request asked for

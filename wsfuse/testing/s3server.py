@@ -373,7 +373,8 @@ class S3TestServer(EmulatesLatency):
             moto_api = bucket == "moto-api"
             kind = OTHER if moto_api else classify(method, bucket, key, query, environ)
             entry = RequestEntry(kind, bucket, key, bytes_received=body_length(environ))
-            if environ.get(HARNESS_HEADER) != "1":
+            harness = environ.get(HARNESS_HEADER) == "1"
+            if not harness:
                 with self._lock:
                     self._entries.append(entry)
                 self.delays.delay()
@@ -382,7 +383,7 @@ class S3TestServer(EmulatesLatency):
                 entry.status = int(status.split(None, 1)[0])
                 return start_response(status, headers, exc_info)
 
-            fault = self._take_fault(kind, key)
+            fault = None if harness else self._take_fault(kind, key)
             if fault is not None:
                 drain(environ)
                 body = error_xml(fault.code, fault.message, f"/{bucket or ''}/{key or ''}")
