@@ -80,12 +80,17 @@ class AsyncBackend:
         *,
         if_match: str | None = None,
         on_block: OnBlock | None = None,
+        begin: Callable[[], bool] | None = None,
     ) -> list[bytes]:
         """`get_blocks`, then `then(blocks)` in the same worker thread: one thread hop
         instead of two when the blocks only go to the disk cache. Abandoned on cancellation
-        like any read: `then` must be safe to run late (a cache write is)."""
+        like any read: `then` must be safe to run late (a cache write is). `begin()` runs in
+        the worker thread before the request is sent; if it answers False, no request is sent
+        and the answer is no blocks (the caller has cancelled)."""
 
         def fetch_and_then() -> list[bytes]:
+            if begin is not None and not begin():
+                return []
             blocks = self.backend.get_blocks(
                 key, offset, length, block_size, if_match=if_match, on_block=on_block
             )

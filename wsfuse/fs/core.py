@@ -553,6 +553,7 @@ class Filesystem(Mutations):
             "directory_prefetch_files": self.dir_ahead.files_requested,
             "inflight_joins": fetch.inflight_joins,
             "prefetch_cancelled": fetch.prefetch_cancelled,
+            "prefetch_detached": fetch.prefetch_detached,
             "prefetch_skipped_budget": fetch.prefetch_skipped_budget,
             "inflight_blocks": len(self.fetcher.inflight),
             "open_handles": sum(isinstance(h, FileHandle) for h in self._handles.values()),

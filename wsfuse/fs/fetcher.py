@@ -71,17 +71,45 @@ class _Pending:
 
 
 class _LateBlocks:
-    """The meeting point of a fetch's worker thread and its trio task, for when the task
-    stops waiting (read-ahead cancelled by a seek or a close). The thread cannot be stopped
-    in the middle of a GET, so its bytes arrive anyway: rather than drop them and fetch them
-    again later, whichever side learns last that the other has gone stores them."""
+    """The meeting point of a fetch's worker thread and its trio task.
 
-    __slots__ = ("_abandoned", "_blocks", "_lock")
+    A worker thread cannot be stopped in the middle of its GET: once it has started (`begin`),
+    its bytes arrive whatever happens. So cancelling read-ahead (a seek, a close) stops only
+    the fetches still waiting for a thread; one already running is let go by its reader and
+    finishes as usual, into the cache (`ReadAhead.cancel`). When the trio task stops waiting
+    all the same (the mount is stopping, or a cancel raced the thread's start), whichever
+    side learns last that the other has gone stores the blocks: they are not fetched again.
+    """
+
+    __slots__ = ("_abandoned", "_blocks", "_lock", "started")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._abandoned = False
         self._blocks: list[bytes] | None = None
+        self.started = False  # set by the worker thread before it sends the request
+
+    def begin(self) -> bool:
+        """In the worker thread, before the request: False if the fetch was cancelled first
+        (then the thread sends none)."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self.started = True
+            return True
+
+    def cancel(self) -> bool:
+        """On the trio thread: True if the fetch had not started and now never will, False
+        if its GET is on its way (see `ReadAhead.cancel`)."""
+        with self._lock:
+            if self.started:
+                return False
+            self._abandoned = True
+            return True
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
 
     def arrived(self, blocks: list[bytes]) -> bool:
         """In the worker thread, with the whole blocks: True if nobody waits for them any
@@ -110,7 +138,9 @@ class ReadAhead:
     """
 
     release: Callable[[_Pending], None]
-    scopes: set[trio.CancelScope] = field(default_factory=set)
+    stats: FetchStats
+    # Fetches (with their thread's state) and loads (None) in flight.
+    scopes: dict[trio.CancelScope, _LateBlocks | None] = field(default_factory=dict)
     ready: dict[BlockKey, _Pending] = field(default_factory=dict)
 
     def take(self, bkey: BlockKey) -> _Pending | None:
@@ -126,8 +156,13 @@ class ReadAhead:
             self.release(pending)
 
     def cancel(self) -> None:
-        for scope in self.scopes:
-            scope.cancel()
+        """Stop what has not started; a GET already on its way finishes into the cache (its
+        bytes come anyway), and nothing of it is handed to this reader any more."""
+        for scope, fetch in self.scopes.items():
+            if fetch is None or fetch.cancel():
+                scope.cancel()
+            else:
+                self.stats.prefetch_detached += 1
         self.scopes.clear()
         ready, self.ready = self.ready, {}
         for pending in ready.values():
@@ -139,6 +174,7 @@ class FetchStats:
     demand_fetches: int = 0
     prefetches: int = 0
     prefetch_cancelled: int = 0
+    prefetch_detached: int = 0  # cancelled after its GET had started: finished into the cache
     prefetch_skipped_budget: int = 0
     cache_hits: int = 0
     inflight_joins: int = 0
@@ -178,7 +214,7 @@ class BlockFetcher:
         return -(-obj.size // self.block_size)
 
     def new_readahead(self) -> ReadAhead:
-        return ReadAhead(self.release)
+        return ReadAhead(self.release, self.stats)
 
     def release(self, pending: _Pending) -> None:
         """One holder of a read-ahead block lets go; the last one returns its budget."""
@@ -250,7 +286,7 @@ class BlockFetcher:
 
         With a `group` this is read-ahead: it holds budget, its blocks are handed to the
         group's reader (unless not `handoff`: then they only go to the cache), and cancelling
-        the group stops it.
+        the group stops it if its GET has not started (else it finishes into the cache).
         """
         last = min(first + count, self.block_count(obj))
         run: list[BlockKey] = []
@@ -262,11 +298,12 @@ class BlockFetcher:
         if not run:
             return 0
         scope = trio.CancelScope()
+        late = _LateBlocks()
         if group is not None:
             run = self._take_budget(run)
             if not run:
                 return 0
-            group.scopes.add(scope)
+            group.scopes[scope] = late
             self.stats.prefetches += 1
         for bkey in run:
             pending = self.inflight[bkey] = _Pending()
@@ -277,7 +314,7 @@ class BlockFetcher:
                     group.ready[bkey] = pending
         # Blocks handed to a reader from memory are not read back soon: written with O_DIRECT.
         direct = group is None or handoff
-        self.nursery.start_soon(self._fetch, obj, run, scope, group, direct)
+        self.nursery.start_soon(self._fetch, obj, run, scope, group, direct, late)
         return len(run)
 
     def start_load(self, obj: PinnedObject, first: int, count: int, *, group: ReadAhead) -> int:
@@ -296,7 +333,7 @@ class BlockFetcher:
         if not run:
             return 0
         scope = trio.CancelScope()
-        group.scopes.add(scope)
+        group.scopes[scope] = None
         for bkey in run:
             pending = self.inflight[bkey] = _Pending()
             pending.holds = 1  # the reader
@@ -311,6 +348,7 @@ class BlockFetcher:
         scope: trio.CancelScope,
         group: ReadAhead | None,
         direct: bool,
+        late: _LateBlocks,
     ) -> None:
         pendings = [self.inflight[b] for b in run]
         error: BaseException = FetchCancelled()
@@ -321,12 +359,11 @@ class BlockFetcher:
             # by the worker thread that fetched it: one thread hop per file, not two.
             # (`direct` is False exactly for read-ahead without a hand-off, see `start_fetch`)
             store_there = group is not None and not direct
-            late = _LateBlocks()
             with scope:
                 blocks = await self._get_blocks(
                     obj, run, crcs, store=store_there, direct=direct, late=late
                 )
-            if scope.cancelled_caught:
+            if scope.cancelled_caught or late.abandoned:
                 self.stats.prefetch_cancelled += 1
                 arrived = late.abandon()
                 if arrived is not None and not store_there:
@@ -388,7 +425,7 @@ class BlockFetcher:
             if self.inflight.get(bkey) is pending:
                 del self.inflight[bkey]
         if group is not None:
-            group.scopes.discard(scope)
+            group.scopes.pop(scope, None)
 
     async def _get_blocks(
         self,
@@ -427,7 +464,14 @@ class BlockFetcher:
                 self._store(run, blocks, crcs, direct)
 
         return await self.backend.get_blocks_then(
-            obj.key, offset, length, bs, check_and_store, if_match=obj.etag, on_block=on_block
+            obj.key,
+            offset,
+            length,
+            bs,
+            check_and_store,
+            if_match=obj.etag,
+            on_block=on_block,
+            begin=late.begin,
         )
 
     async def _store_late(
