@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import time
@@ -12,8 +14,9 @@ import pytest
 
 
 def _mounts() -> set[str]:
+    """Mount points, as /proc/mounts names them (octal escapes such as \\040 undone)."""
     with open("/proc/mounts") as f:
-        return {line.split()[1] for line in f}
+        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[1]) for line in f}
 
 
 def run_wsfuse(
@@ -34,8 +37,12 @@ def run_wsfuse(
         )
     finally:
         if not keep_mounts:
-            for path in (_mounts() - before) & set(args):
-                subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True, check=False)
+            ours = {os.path.realpath(a) for a in args if os.path.isabs(a)}
+            for path in _mounts() - before:
+                if path in ours:
+                    subprocess.run(
+                        ["fusermount3", "-u", "-z", path], capture_output=True, check=False
+                    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> str:

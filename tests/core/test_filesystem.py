@@ -156,6 +156,36 @@ async def test_attributes_are_learned_when_the_objects_carry_them(h: Harness) ->
     assert modes == [0o100640 if i % 2 else 0o100600 for i in range(60)]
 
 
+async def test_a_directory_listed_within_the_ttl_is_looked_up_without_a_request(
+    h: Harness,
+) -> None:
+    h.backend.put("implicit/a", b"1")
+    await h.fs.listing("implicit")  # listed, e.g. by the last mount (the index keeps it)
+    assert not h.fs._fresh_listing("")  # the root is not: the lookup cannot use it
+    calls = sum(h.backend.counts.values())
+    node = await h.fs.lookup(ROOT_INO, "implicit")
+    assert node.is_dir
+    assert sum(h.backend.counts.values()) == calls  # neither HEAD nor LIST
+
+
+async def test_a_listed_directory_whose_marker_attributes_are_unknown_is_looked_up(
+    h: Harness,
+) -> None:
+    h.backend.put("explicit/", b"", metadata={"mode": str(0o040700)})
+    h.backend.put("explicit/a", b"1")
+    listing = await h.fs.listing("explicit")
+    assert listing.marker is True
+    heads = h.backend.counts["head"]
+    node = await h.fs.lookup(ROOT_INO, "explicit")  # its mode is in the marker: read it
+    assert h.backend.counts["head"] > heads
+    assert node.attrs.mode == 0o040700
+    h.fs.forget([(node.ino, 1)])
+    heads, lists = h.backend.counts["head"], h.backend.counts["list"]
+    again = await h.fs.lookup(ROOT_INO, "explicit")  # now known: no request
+    assert again.ino == node.ino and again.attrs.mode == 0o040700
+    assert (h.backend.counts["head"], h.backend.counts["list"]) == (heads, lists)
+
+
 async def test_negative_lookups_are_cached(h: Harness) -> None:
     for _ in range(3):
         with pytest.raises(FsError):

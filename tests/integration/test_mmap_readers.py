@@ -11,6 +11,7 @@ answer the daemon.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,8 +89,10 @@ def check_arrow(path: str) -> None:
 
 def _check_in_child(check: str, path: Path) -> None:
     code = f"from tests.integration.test_mmap_readers import {check}; {check}({str(path)!r})"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONOPTIMIZE"}  # asserts check
     result = subprocess.run(
         [sys.executable, "-c", code],
+        env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -43,3 +43,23 @@ def test_memory_counts_operations_and_skips_zero_length_reads() -> None:
     assert b.get_range("k", 1, 5) == b"bc"
     assert b.counts["get_range"] == 1
     assert b.bytes_read == 2
+
+
+def test_a_listing_records_whether_its_directory_has_a_marker() -> None:
+    from wsfuse.backends.base import ListPage, ObjectInfo
+    from wsfuse.fs.namespace import Listing
+
+    def page(*keys: str) -> ListPage:
+        return ListPage([ObjectInfo(k, 1, "e", 0.0) for k in keys], [], None)
+
+    with_marker = Listing.build("d", [page("d/", "d/a")], 1.0)
+    without = Listing.build("d", [page("d/a")], 1.0)
+    assert (with_marker.marker, without.marker) == (True, False)
+    assert [e.name for e in with_marker.entries] == ["a"]  # the marker is not an entry
+    for listing in (with_marker, without):
+        again = Listing.decode(listing.encode())
+        assert again is not None and again.marker == listing.marker
+    # persisted before the marker was recorded: not known
+    old = b'{"v": 1, "t": 1.0, "h": 0, "e": [["a", 0, 1, "e", 0.0]]}'
+    decoded = Listing.decode(old)
+    assert decoded is not None and decoded.marker is None
