@@ -348,8 +348,8 @@ def test_kill9_while_filling_cache_then_remount_reads_exact(
         with open(m.path / "k9", "rb") as f:
             f.read(2 * BLOCK)  # read-ahead GETs are now in flight (0.3 s each)
             deadline = time.monotonic() + 5
-            while not _block_files(tmp_path / "cache") and time.monotonic() < deadline:
-                time.sleep(0.01)  # the first GET's blocks reach the disk
+            while m.status()["cache_blocks"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # the first GET's blocks reach the disk and the index
             m.kill9()
     except OSError:
         pass  # the read may fail when the daemon dies under it
