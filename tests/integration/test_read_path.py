@@ -157,7 +157,7 @@ def test_two_concurrent_readers_of_one_block_make_one_get(bucket: S3Bucket, moun
     m = mounter("-o", "metadata_ttl=600")
     (m.path / "one").stat()
     before = m.status()
-    bucket.server.latency = 0.3  # both readers arrive while the GET is in flight
+    bucket.server.latency = 0.6  # both readers arrive while the GET is in flight
     try:
         results: dict[int, bytes] = {}
 
