@@ -70,61 +70,39 @@ class _Pending:
         return self.data
 
 
-class _LateBlocks:
-    """The meeting point of a fetch's worker thread and its trio task.
+class _FetchStart:
+    """Whether a fetch's worker thread has sent its request, decided once under a lock.
 
-    A worker thread cannot be stopped in the middle of its GET: once it has started (`begin`),
-    its bytes arrive whatever happens. So cancelling read-ahead (a seek, a close) stops only
-    the fetches still waiting for a thread; one already running is let go by its reader and
-    finishes as usual, into the cache (`ReadAhead.cancel`). When the trio task stops waiting
-    all the same (the mount is stopping, or a cancel raced the thread's start), whichever
-    side learns last that the other has gone stores the blocks: they are not fetched again.
+    A worker thread cannot be stopped in the middle of its GET: once it has begun, its bytes
+    arrive whatever happens. So cancelling read-ahead (a seek, a close) stops only the fetches
+    whose thread has not begun, and those never send a request; one already on its way is let
+    go by its reader and finishes as any fetch does, into the cache (`ReadAhead.cancel`).
     """
 
-    __slots__ = ("_abandoned", "_blocks", "_lock", "started")
+    __slots__ = ("_begun", "_cancelled", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._abandoned = False
-        self._blocks: list[bytes] | None = None
-        self.started = False  # set by the worker thread before it sends the request
+        self._begun = False
+        self._cancelled = False
 
     def begin(self) -> bool:
         """In the worker thread, before the request: False if the fetch was cancelled first
         (then the thread sends none)."""
         with self._lock:
-            if self._abandoned:
-                return False
-            self.started = True
-            return True
+            self._begun = not self._cancelled
+            return self._begun
 
     def cancel(self) -> bool:
-        """On the trio thread: True if the fetch had not started and now never will, False
-        if its GET is on its way (see `ReadAhead.cancel`)."""
+        """On the trio thread: True if the fetch had not begun and now never will, False if
+        its GET is on its way."""
         with self._lock:
-            if self.started:
-                return False
-            self._abandoned = True
-            return True
+            self._cancelled = not self._begun
+            return self._cancelled
 
     @property
-    def abandoned(self) -> bool:
-        return self._abandoned
-
-    def arrived(self, blocks: list[bytes]) -> bool:
-        """In the worker thread, with the whole blocks: True if nobody waits for them any
-        more (the thread then stores them itself)."""
-        with self._lock:
-            self._blocks = blocks
-            return self._abandoned
-
-    def abandon(self) -> list[bytes] | None:
-        """In the trio task, when it stopped waiting: the blocks if they had arrived (their
-        thread left them to the task, whose result was then dropped), else None (the thread
-        will store them when they arrive)."""
-        with self._lock:
-            self._abandoned = True
-            return self._blocks
+    def cancelled(self) -> bool:
+        return self._cancelled
 
 
 @dataclass(slots=True)
@@ -140,7 +118,7 @@ class ReadAhead:
     release: Callable[[_Pending], None]
     stats: FetchStats
     # Fetches (with their thread's state) and loads (None) in flight.
-    scopes: dict[trio.CancelScope, _LateBlocks | None] = field(default_factory=dict)
+    scopes: dict[trio.CancelScope, _FetchStart | None] = field(default_factory=dict)
     ready: dict[BlockKey, _Pending] = field(default_factory=dict)
 
     def take(self, bkey: BlockKey) -> _Pending | None:
@@ -298,12 +276,12 @@ class BlockFetcher:
         if not run:
             return 0
         scope = trio.CancelScope()
-        late = _LateBlocks()
+        start = _FetchStart()
         if group is not None:
             run = self._take_budget(run)
             if not run:
                 return 0
-            group.scopes[scope] = late
+            group.scopes[scope] = start
             self.stats.prefetches += 1
         for bkey in run:
             pending = self.inflight[bkey] = _Pending()
@@ -314,7 +292,7 @@ class BlockFetcher:
                     group.ready[bkey] = pending
         # Blocks handed to a reader from memory are not read back soon: written with O_DIRECT.
         direct = group is None or handoff
-        self.nursery.start_soon(self._fetch, obj, run, scope, group, direct, late)
+        self.nursery.start_soon(self._fetch, obj, run, scope, group, direct, start)
         return len(run)
 
     def start_load(self, obj: PinnedObject, first: int, count: int, *, group: ReadAhead) -> int:
@@ -348,7 +326,7 @@ class BlockFetcher:
         scope: trio.CancelScope,
         group: ReadAhead | None,
         direct: bool,
-        late: _LateBlocks,
+        start: _FetchStart,
     ) -> None:
         pendings = [self.inflight[b] for b in run]
         error: BaseException = FetchCancelled()
@@ -361,13 +339,10 @@ class BlockFetcher:
             store_there = group is not None and not direct
             with scope:
                 blocks = await self._get_blocks(
-                    obj, run, crcs, store=store_there, direct=direct, late=late
+                    obj, run, crcs, store=store_there, direct=direct, start=start
                 )
-            if scope.cancelled_caught or late.abandoned:
-                self.stats.prefetch_cancelled += 1
-                arrived = late.abandon()
-                if arrived is not None and not store_there:
-                    self.nursery.start_soon(self._store_late, run, arrived, crcs, direct)
+            if scope.cancelled_caught or start.cancelled:
+                self.stats.prefetch_cancelled += 1  # before its request: nothing was fetched
                 return
             for pending, block in zip(pendings, blocks, strict=True):
                 pending.data = block
@@ -435,12 +410,13 @@ class BlockFetcher:
         *,
         store: bool = False,
         direct: bool = True,
-        late: _LateBlocks,
+        start: _FetchStart,
     ) -> list[bytes]:
         """The blocks of `run` in one GET, each block's checksum put in `crcs` (by its index
         in `run`) by the receiving thread as the block arrives, while its bytes are still in
-        the CPU's cache; with `store`, or if the caller stopped waiting (`late`), also written
-        to the cache by that thread (only once they are known to be whole)."""
+        the CPU's cache; with `store`, also written to the cache by that thread (only once
+        they are known to be whole). No request, and no blocks, if `start` was cancelled
+        before the thread began."""
         bs = self.block_size
         offset = run[0].index * bs
         length = min(len(run) * bs, obj.size - offset)
@@ -458,9 +434,7 @@ class BlockFetcher:
 
         def check_and_store(blocks: list[bytes]) -> None:
             check(blocks)
-            if late.arrived(blocks):
-                self._store_abandoned(run, blocks, crcs, direct)
-            elif store:
+            if store:
                 self._store(run, blocks, crcs, direct)
 
         return await self.backend.get_blocks_then(
@@ -471,26 +445,8 @@ class BlockFetcher:
             check_and_store,
             if_match=obj.etag,
             on_block=on_block,
-            begin=late.begin,
+            begin=start.begin,
         )
-
-    async def _store_late(
-        self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
-    ) -> None:
-        """Blocks of a cancelled fetch that had arrived: kept (see `_LateBlocks`)."""
-        async with self.disk_limiter:
-            await trio.to_thread.run_sync(self._store_abandoned, run, blocks, crcs, direct)
-
-    def _store_abandoned(
-        self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
-    ) -> None:
-        """`_store` for blocks nobody waits for: a failure is logged, never raised (in an
-        abandoned worker thread nobody would see it; in the mount's nursery it would end the
-        mount)."""
-        try:
-            self._store(run, blocks, crcs, direct)
-        except Exception:
-            log.warning("could not keep the blocks of a cancelled read-ahead", exc_info=True)
 
     def _store(
         self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
