@@ -633,6 +633,21 @@ def test_startup_removes_crash_debris(
     assert_consistent(cache)
 
 
+def test_opening_makes_every_fanout_directory_and_a_removed_one_is_made_again(
+    open_cache: Callable[..., BlockCache], cache_dir: Path
+) -> None:
+    """All 256 fanout directories exist once the cache is open, so the first fill of a cache
+    makes no directories; one removed behind the cache's back is made by the put needing it."""
+    cache = open_cache()
+    fanouts = {p.name for p in (cache_dir / "blocks").iterdir() if p.is_dir()}
+    assert fanouts == {f"{fan:02x}" for fan in range(schema.FANOUT)}
+    bkey = BlockKey("k", "e", 0)
+    block_path(cache_dir, bkey).parent.rmdir()
+    cache.put(bkey, block_data(bkey))
+    assert cache.get(bkey) == block_data(bkey)
+    assert_consistent(cache)
+
+
 def test_startup_of_many_blocks_is_fast(tmp_path: Path) -> None:
     """Reconciling 3,000 blocks: printed, and bounded generously against slow CI disks (the
     report's benchmark measures larger caches)."""

@@ -327,8 +327,8 @@ class BlockCache(CacheSpace):
             try:
                 os.rename(tmp, path)
             except FileNotFoundError:
-                # The fanout directory's first block: directories are made on demand, so a
-                # small cache does not pay for 256 of them.
+                # Its fanout directory was removed after the cache was opened (which made
+                # all of them): made again.
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.rename(tmp, path)
         except OSError as exc:

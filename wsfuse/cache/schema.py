@@ -104,7 +104,7 @@ BLOCKS_DIR: Final = "blocks"
 #: Suffix of block files being written in `TMP_DIR` (everything there is removed at startup).
 TMP_SUFFIX: Final = ".tmp"
 #: 256 fanout directories keep directories small (a 1 TiB cache of 1 MiB blocks is ~4,000
-#: files per directory). Each is made by the first put that needs it.
+#: files per directory). All are made when the cache is opened (recovery.scan_block_files).
 FANOUT: Final = 256
 
 
