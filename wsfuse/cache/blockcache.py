@@ -38,6 +38,7 @@ import lmdb
 
 from wsfuse import directio
 from wsfuse.cache import schema
+from wsfuse.cache.accesstimes import AccessTimes
 from wsfuse.cache.blockfile import (
     BlockFileWriter,
     direct_padding,
@@ -55,11 +56,6 @@ log = logging.getLogger(__name__)
 #: One block per FUSE read request: the kernel sends 1 MiB reads when the mount's max_read
 #: and read_ahead_kb allow it (reference/measurements.md), so a read touches one block file.
 DEFAULT_BLOCK_SIZE: Final = 1 << 20
-#: Access times are persisted in batches: after this many distinct blocks were read...
-ATIME_FLUSH_COUNT: Final = 1024
-#: ...or this many seconds after the oldest unflushed read. They only order the LRU across
-#: restarts, so losing the last batch to a crash costs nothing but a slightly worse order.
-ATIME_FLUSH_INTERVAL: Final = 30.0
 #: At most one WARNING per this many seconds about blocks not cached (disk full, free-space
 #: guard): the condition usually lasts, and one line per 1 MiB read would flood the log.
 SKIP_WARNING_INTERVAL: Final = 60.0
@@ -131,8 +127,7 @@ class BlockCache(CacheSpace):
 
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)
-        self._dirty_atimes: dict[bytes, float] = {}
-        self._atimes_dirty_since = math.inf  # monotonic time of the oldest unflushed access
+        self._atimes = AccessTimes()
         self._hits = self._misses = self._corrupt = 0
         self._bytes_written = self._skipped = 0
         self._last_skip_warning = -math.inf
@@ -213,10 +208,10 @@ class BlockCache(CacheSpace):
                 self._hits += 1
                 if bid in self._entries:
                     self._entries.move_to_end(bid)
-                    self._note_access_locked(bid, now)
-                flush = self._atime_flush_due_locked()
-            if flush:
-                self._flush_atimes()
+                    self._atimes.note(bid, now)
+                batch = self._atimes.take() if self._atimes.due() else None
+            if batch:
+                AccessTimes.write(self._index, batch)
             return result
         # Something was removed every time we looked (a small cache evicts on nearly every
         # put): a miss, without a warning. The entry goes too: if its file is in fact gone, a
@@ -280,7 +275,7 @@ class BlockCache(CacheSpace):
                 return
             if bid in self._entries:
                 self._entries.move_to_end(bid)
-                self._note_access_locked(bid, now)
+                self._atimes.note(bid, now)
                 return
             victims, refusal = self._reserve_locked(size, disk_bytes)
             if refusal is None:
@@ -468,28 +463,10 @@ class BlockCache(CacheSpace):
             count,
         )
 
-    # ------------------------------------------------------------------ access times
-
-    def _note_access_locked(self, bid: bytes, atime: float) -> None:
-        self._dirty_atimes[bid] = atime
-        if self._atimes_dirty_since == math.inf:
-            self._atimes_dirty_since = time.monotonic()
-
-    def _atime_flush_due_locked(self) -> bool:
-        return (
-            len(self._dirty_atimes) >= ATIME_FLUSH_COUNT
-            or time.monotonic() - self._atimes_dirty_since >= ATIME_FLUSH_INTERVAL
-        )
-
     def _flush_atimes(self) -> None:
         with self._lock:
-            batch, self._dirty_atimes = self._dirty_atimes, {}
-            self._atimes_dirty_since = math.inf
-        if batch:
-            try:
-                self._index.touch_blocks(batch.items())
-            except lmdb.Error as exc:
-                log.warning("cannot record block access times in the index: %s", exc)
+            batch = self._atimes.take()
+        AccessTimes.write(self._index, batch)
 
     # ------------------------------------------------------------------ startup
 

@@ -25,6 +25,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+if TYPE_CHECKING:
+    from wsfuse.cache.accesstimes import AccessTimes
+
 #: The free-space guard measures the disk (`statvfs`) at most once per this many seconds
 #: while it is more than `FREE_SAMPLE_MARGIN` above the guard, counting every byte written
 #: since as used: a cold read stores a block per MiB, and each `statvfs` was one more system
@@ -44,7 +47,7 @@ class CacheSpace:
 
     if TYPE_CHECKING:  # what the space accounts use of BlockCache
         _dir: str
-        _dirty_atimes: dict[bytes, float]
+        _atimes: AccessTimes
 
     def __init__(self, *, capacity: int, min_free: int, disk_free: DiskFree | None) -> None:
         self._capacity = capacity
@@ -115,7 +118,7 @@ class CacheSpace:
         self._cached_bytes -= size
         self._unlinking[bid] = size
         self._unlinking_bytes += size
-        self._dirty_atimes.pop(bid, None)
+        self._atimes.forget(bid)
         if evicted:
             self._evictions += 1
         return bid, size
