@@ -19,6 +19,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,13 +45,15 @@ APT = {"s3fs": "s3fs", "rclone": "rclone", "fio": "fio"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     p.add_argument(
-        "--quick", action="store_true", help="1 run each, 20 ms only, short budgets (< ~20 min)"
+        "--quick",
+        action="store_true",
+        help="1 run each (3 for the sequential reads and writes), short budgets (~20 min)",
     )
     p.add_argument(
         "--latency",
         type=float,
         action="append",
-        help="ms (repeatable; default 0 and 20, --quick: 20)",
+        help="ms (repeatable; default 0 and 20)",
     )
     p.add_argument("--peers", default="wsfuse,s3fs,rclone", help="filesystems to mount, in order")
     p.add_argument("--only", help=f"workload groups, comma-separated: {','.join(GROUPS)}")
@@ -80,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--budget",
         type=float,
-        help="minutes for the whole run; then skip the rest (default 150, --quick 22)",
+        help="minutes for the whole run, from its start (installing the peers and waiting for "
+        "--settle included); then skip the rest (default 150, --quick 25)",
     )
     p.add_argument(
         "--settle",
@@ -102,12 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # targets and move +-20% (the multipart ceiling +-40%) from one pass to the next on this
     # VM: even --quick takes the median of 3 (about +4 minutes).
     args.seq_repeat = max(args.repeat, 3)
-    args.latencies = args.latency or ([20.0] if q else [0.0, 20.0])
+    args.latencies = args.latency or [0.0, 20.0]
     args.small_budget = args.small_budget or (15.0 if q else 120.0)
     args.create_budget = args.create_budget or (30.0 if q else 300.0)
     args.fio_runtime = args.fio_runtime or (6.0 if q else 20.0)
     args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if q else 10.0)
-    args.budget = args.budget or (22.0 if q else 150.0)
+    args.budget = args.budget or (25.0 if q else 150.0)
     args.groups = [g.strip() for g in (args.only or ",".join(GROUPS)).split(",") if g.strip()]
     bad = [g for g in args.groups if g not in GROUPS]
     if bad:
@@ -154,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/run: run as root (mounts, drop_caches, read_ahead_kb)", file=sys.stderr)
         return 2
     sigterm_as_interrupt()  # before the wait below, which may take minutes
+    deadline = time.monotonic() + args.budget * 60  # the whole run: apt and --settle too
     skipped: list[str] = []
     ensure_tools(args, skipped)
     settled = settle.settle(
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"S3 server pid {server.pid} at {server.url}; workdir {work}")
         client = s3_client(server.url)
         server.set_latency(0)
-        ctx = Ctx(args, work, server, client, data, time.monotonic() + args.budget * 60)
+        ctx = Ctx(args, work, server, client, data, deadline)
         seed_all(
             client, data, big=bool(g & {"seq", "random"}), small="small" in g, listing="list" in g
         )
@@ -217,14 +222,21 @@ def main(argv: list[str] | None = None) -> int:
         interrupted = True
         log("interrupted: cleaning up")
     finally:
-        if ctx is not None:
-            ctx.release_all()
-            ctx.empty_trash()
-        server.stop()
-        if not args.keep_workdir and args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
-        if ctx is not None:  # it created and deleted files
-            settle.mark_cleanup()
+        # A second Ctrl-C or SIGTERM must not stop the clean-up half-way, leaving mounts, the
+        # server or daemons behind: during it they are only noted.
+        held = {s: signal.signal(s, _note_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if ctx is not None:
+                ctx.release_all()
+                ctx.empty_trash()
+            server.stop()
+            if not args.keep_workdir and args.workdir is None:
+                shutil.rmtree(work, ignore_errors=True)
+            if ctx is not None:  # it created and deleted files
+                settle.mark_cleanup()
+        finally:
+            for signum, handler in held.items():
+                signal.signal(signum, handler)
     if ctx is None:
         return 1
     commit, dirty = git_state()
@@ -269,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     log(f"done in {time.time() - started:.0f}s: bench/results/run-{stamp}.json, run-latest.md")
     return 1 if interrupted else 0
+
+
+def _note_signal(signum: int, frame: object) -> None:
+    log(f"{signal.Signals(signum).name} during the clean-up: finishing it first")
 
 
 def _guard(ctx: Ctx, what: str, fn) -> None:

@@ -4,6 +4,7 @@ over a local copy gives (the Python-FUSE ceiling for a perfect cache)."""
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,30 @@ def boto3_get_round(ctx: Ctx, round_no: int) -> None:
         replace=True,
         by_threads={t: round(m, 1) for t, m in medians.items()},
     )
+
+
+def boto3_random_1m(ctx: Ctx) -> None:
+    """The ceiling of fio's random 1 MiB reads (one job, one read at a time): 1 MiB ranged
+    GETs at random 1 MiB-aligned offsets of the big object, one at a time, for as long as fio
+    runs. (Against the parallel ranged GETs a reader that waits for each read would look
+    50x too slow: at 20 ms no serial reader gets past ~45 reads per second.)"""
+    size = ctx.data.big_size
+    rng = random.Random(5)
+
+    def run() -> Sample:
+        total = reads = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < ctx.args.fio_runtime:
+            off = rng.randrange(size // MiB) * MiB
+            end = min(off + MiB, size) - 1
+            body = ctx.client.get_object(Bucket=BUCKET, Key=BIG_KEY, Range=f"bytes={off}-{end}")
+            total += len(body["Body"].read())
+            body["Body"].close()
+            reads += 1
+        return Sample(bytes=total, seconds=time.perf_counter() - t0, ops=reads)
+
+    s = ctx.measure("boto3 random 1 MiB GETs", run)
+    ctx.add("ceiling", "boto3_random_1m_serial", [(s.mbps, s)], "MB/s")
 
 
 def boto3_small(ctx: Ctx) -> None:

@@ -107,6 +107,11 @@ class Ctx:
         if time.monotonic() > self.deadline:
             raise OutOfTime(what)
 
+    def workload_timeout(self) -> float:
+        """`--timeout`, but no later than the budget's end (plus a minute for the workload
+        that started just before it: it is cut off, not the whole run's report)."""
+        return max(30.0, min(self.args.timeout, self.deadline - time.monotonic() + 60.0))
+
     def fresh(self, name: str) -> Path:
         self._counter += 1
         path = self.work / f"{name}-{self._counter}"
@@ -167,7 +172,7 @@ class Ctx:
         busy_before = wait_for_quiet(self.args.quiet_wait)
         before = wsfuse_status(mount)
         with (
-            watchdog(self.args.timeout, mount, what),
+            watchdog(self.workload_timeout(), mount, what),
             Meter(self.server, mount, children=children) as meter,
         ):
             sample = fn()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -161,11 +162,20 @@ def create_files(directory: Path, count: int, size: int, budget: float) -> Sampl
 
 def fio_random(path: Path, bs: str, runtime: float, size: int, timeout: float) -> Sample:
     """fio random reads (psync, one job, buffered, page cache of the file invalidated first)
-    for `runtime` seconds."""
+    for `runtime` seconds; `extra["mib_blocks_touched"]`: the distinct 1 MiB blocks its reads
+    touched (from fio's I/O log), which bounds what a filesystem that fetches 1 MiB blocks
+    needs from the bucket."""
+    fd, iolog = tempfile.mkstemp(prefix="fio-", suffix=".iolog")
+    os.close(fd)
     argv = ["fio", "--name=rand", f"--filename={path}", "--readonly", "--rw=randread"]
     argv += [f"--bs={bs}", "--ioengine=psync", f"--size={size}", "--invalidate=1"]
     argv += [f"--runtime={runtime:g}", "--time_based", "--randrepeat=1", "--output-format=json"]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    argv += [f"--write_iolog={iolog}"]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        touched = blocks_in_iolog(Path(iolog), MiB)
+    finally:
+        os.unlink(iolog)
     if proc.returncode != 0:
         raise RuntimeError(f"fio failed ({proc.returncode}): {proc.stderr[-1000:]}")
     job = json.loads(proc.stdout[proc.stdout.index("{") :])["jobs"][0]["read"]
@@ -174,9 +184,23 @@ def fio_random(path: Path, bs: str, runtime: float, size: int, timeout: float) -
         bytes=int(job["io_bytes"]),
         seconds=job["runtime"] / 1000,
         ops=int(job["total_ios"]),
-        extra={"bs": bs, "iops": round(job["iops"], 1)},
+        extra={"bs": bs, "iops": round(job["iops"], 1), "mib_blocks_touched": touched},
     )
     if pct:
         sample.extra["p50_ms"] = round(pct.get("50.000000", 0) / 1e6, 3)
         sample.extra["p99_ms"] = round(pct.get("99.000000", 0) / 1e6, 3)
     return sample
+
+
+def blocks_in_iolog(iolog: Path, block: int) -> int:
+    """Distinct `block`-sized blocks read in a fio I/O log: "file read offset length" per
+    I/O (version 2), with a timestamp in front (version 3), among lines that add and open
+    files."""
+    touched: set[int] = set()
+    with open(iolog) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 4 and parts[-3] == "read":
+                offset, length = int(parts[-2]), int(parts[-1])
+                touched.update(range(offset // block, (offset + length - 1) // block + 1))
+    return len(touched)

@@ -94,10 +94,8 @@ def _round_ceilings(
 
 
 def _once_ceilings(ctx: Ctx, group: str, local_root: Path | None, guard: Guard) -> None:
-    if group == "random" and "seq" not in ctx.args.groups:
-        # the random 1 MiB reads' ceiling, when no sequential rounds measure it
-        for r in range(ctx.args.seq_repeat):
-            guard("boto3 GET ceilings", lambda r=r: ceilings.boto3_get_round(ctx, r))
+    if group == "random":
+        guard("boto3 random 1 MiB GETs", lambda: ceilings.boto3_random_1m(ctx))
     elif group == "small":
         guard("boto3 small ceilings", lambda: ceilings.boto3_small(ctx))
     elif group == "list":

@@ -205,7 +205,13 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     mount=m,
                 )
                 res["cr"].append((s.ops / s.extra["close_s"], s))
-                res["crl"].append((s.ops / s.seconds, s))
+                if s.extra["listed"]:
+                    res["crl"].append((s.ops / s.seconds, s))
+                else:  # no rate for "until listed" when they never all were
+                    ctx.failures.append(
+                        f"{spec.name} creates: not all listed {ctx.args.timeout:.0f} s after "
+                        "the last close (no until-listed rate for this run)"
+                    )
                 with ctx.server.no_latency():
                     delete_prefix(ctx.client, d + "/")
                     ctx.client.delete_object(Bucket=BUCKET, Key=d + "/")

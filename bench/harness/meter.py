@@ -100,5 +100,7 @@ class Meter:
         ours = sum(v for k, v in cpu.items() if k not in NOT_PROCESSES)
         cpu["others"] = max(0.0, cpu["machine_busy"] - ours)
         sample.cpu = cpu
-        sample.server = self.server.stats()
+        sample.server, settle = self.server.settled_stats(quiet=0.3)
+        if settle > 1.0:  # traffic went on after the workload: say so beside its numbers
+            sample.extra["traffic_settle_s"] = round(settle, 2)
         return sample

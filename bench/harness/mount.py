@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -18,9 +19,17 @@ from bench.harness.env import ENV, log
 from bench.harness.procs import stop_process, vm_status
 
 
-def is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+def mount_points(table: Path = Path("/proc/mounts")) -> set[str]:
+    """Mount points as /proc/mounts names them, with its octal escapes (a space is \\040)
+    undone."""
+    with open(table) as f:
+        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[1]) for line in f}
+
+
+def is_mounted(path: Path, table: Path = Path("/proc/mounts")) -> bool:
+    """Whether `path` is a mount point; a relative or symlinked `--workdir` names it
+    differently from the kernel, hence the real path."""
+    return os.path.realpath(path) in mount_points(table)
 
 
 def unmount(path: Path) -> None:
@@ -35,6 +44,11 @@ def unmount(path: Path) -> None:
         subprocess.run([tool, "-u", "-z", str(path)], capture_output=True, check=False, timeout=60)
         if not is_mounted(path):
             return
+    # Neither fusermount would (not in PATH, or the mount table and mtab disagree): as root,
+    # the kernel's own lazy unmount.
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False, timeout=60)
+    if is_mounted(path):
+        log(f"could not unmount {path}: unmount it by hand (umount -l)")
 
 
 def read_ahead_path(mountpoint: Path) -> Path:

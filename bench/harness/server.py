@@ -15,7 +15,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,8 @@ from bench.harness.procs import stop_process
 from wsfuse.testing.tls import self_signed_certificate
 
 PART = 8 * MiB
+#: Seconds the server may take to print its URL (it imports moto: a few seconds, more on a busy CI).
+START_TIMEOUT = 60.0
 
 
 def use_tls(directory: Path) -> tuple[Path, Path]:
@@ -74,7 +76,18 @@ class Server:
                 cwd=ROOT,
             )
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().strip()
+        # A server that hangs before printing its URL must not hang the run: the line is
+        # read in a thread, for at most START_TIMEOUT s.
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.proc.stdout.readline)
+            try:
+                line = pending.result(timeout=START_TIMEOUT).strip()
+            except TimeoutError:
+                stop_process(self.proc)  # also closes the pipe, which ends the readline
+                self.proc = None
+                raise RuntimeError(
+                    f"S3 server did not start within {START_TIMEOUT:.0f} s, see {self.log_file}"
+                ) from None
         if not line.startswith("http"):
             raise RuntimeError(f"S3 server did not start: {line!r}, see {self.log_file}")
         self.url = line
@@ -114,6 +127,27 @@ class Server:
 
     def reset(self) -> None:
         self._call("POST", "reset")
+
+    def settled_stats(
+        self,
+        quiet: float = 0.5,
+        max_wait: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> tuple[dict[str, dict[str, int]], float]:
+        """The stats once no request has ended for `quiet` s (at most `max_wait` s), and how
+        long that took. A workload's traffic does not end with it: read-ahead still in flight
+        when a time-limited pass stops, or a peer's upload after `close`, would otherwise be
+        counted in the next workload's numbers."""
+        start = clock()
+        stats = self.stats()
+        while clock() - start < max_wait:
+            sleep(quiet)
+            later = self.stats()
+            if later.get("total") == stats.get("total"):
+                break
+            stats = later
+        return stats, clock() - start
 
     def stop(self) -> None:
         stop_process(self.proc)

@@ -52,3 +52,18 @@ def test_a_removed_directory_goes_at_once_when_the_disk_is_short_of_room(
 def test_free_bytes_reads_the_filesystem_and_is_zero_for_a_missing_path(tmp_path: Path) -> None:
     assert context._free_bytes(tmp_path) > 0
     assert context._free_bytes(tmp_path / "missing") == 0
+
+
+def test_a_workload_may_not_run_far_past_the_budget(tmp_path: Path) -> None:
+    """--timeout bounds one workload, and the run's deadline bounds it too (a minute of grace
+    for the workload that started just before it; never below 30 s)."""
+    import time
+
+    ctx = make_ctx(tmp_path)
+    ctx.args.timeout = 300.0
+    ctx.deadline = time.monotonic() + 3600
+    assert ctx.workload_timeout() == 300.0
+    ctx.deadline = time.monotonic() + 60
+    assert 110 < ctx.workload_timeout() <= 120
+    ctx.deadline = time.monotonic() - 600
+    assert ctx.workload_timeout() == 30.0

@@ -24,6 +24,9 @@ class _Server:
     def stats(self) -> dict[str, dict[str, int]]:
         return {}
 
+    def settled_stats(self, quiet: float = 0.5) -> tuple[dict[str, dict[str, int]], float]:
+        return {}, 0.0
+
 
 def test_waits_are_recorded_and_kept_out_of_our_processes(
     monkeypatch: pytest.MonkeyPatch,
@@ -58,3 +61,58 @@ def test_machine_cpu_reads_proc_stat_once_for_all_three() -> None:
     later = machine_cpu()
     assert all(later[k] >= first[k] for k in first)  # counters since boot only grow
     assert machine_busy()[0] >= later["machine_busy"]  # the same count, read later
+
+
+def _settling_server(totals: list[int]) -> tuple[Any, list[float]]:
+    """A Server whose request total moves through `totals` (then stays), on a fake clock."""
+    from pathlib import Path
+
+    from bench.harness.server import Server
+
+    server: Any = Server(Path("/nonexistent.log"))
+    readings = iter(totals)
+    last = [totals[0]]
+
+    def stats() -> dict[str, dict[str, int]]:
+        last[0] = next(readings, last[0])
+        return {"total": {"requests": last[0], "bytes": 0, "received": 0}}
+
+    now = [0.0]
+    server.stats = stats
+    return server, now
+
+
+def test_traffic_is_read_once_the_server_has_been_quiet() -> None:
+    """Read-ahead still in flight when a workload returns is counted with it: the stats are
+    read again until two readings `quiet` s apart agree."""
+    server, now = _settling_server([10, 14, 15, 15])
+    stats, waited = server.settled_stats(
+        quiet=0.3, sleep=lambda s: now.__setitem__(0, now[0] + s), clock=lambda: now[0]
+    )
+    assert stats["total"]["requests"] == 15
+    assert waited == pytest.approx(0.9)
+
+
+def test_traffic_that_never_stops_is_read_after_the_longest_wait() -> None:
+    server, now = _settling_server(list(range(1000)))
+    stats, waited = server.settled_stats(
+        quiet=0.5,
+        max_wait=2.0,
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0],
+    )
+    assert waited == pytest.approx(2.0)
+    assert stats["total"]["requests"] == 4  # the last reading
+
+
+def test_a_settle_over_a_second_is_recorded_beside_the_traffic() -> None:
+    class Slow(_Server):
+        def settled_stats(self, quiet: float = 0.5) -> tuple[dict[str, dict[str, int]], float]:
+            return {"total": {"requests": 3}}, 2.5
+
+    m: Any = Meter(Slow(), None)  # type: ignore[arg-type]
+    with m:
+        pass
+    sample = m.fill(Sample())
+    assert sample.server == {"total": {"requests": 3}}
+    assert sample.extra["traffic_settle_s"] == 2.5

@@ -85,6 +85,47 @@ def test_times_are_lower_is_better_and_missing_numbers_make_no_row() -> None:
     assert "1 GiB write until close / boto3 multipart (issue 4)" not in t  # nothing measured
 
 
+def test_a_target_of_a_group_that_ran_without_a_number_is_a_row_not_met() -> None:
+    """A failed workload or a ceiling that was not measured must show up as a miss, not
+    shrink the count; targets of groups (or peers) that did not run stay out."""
+    rows = [
+        row("ceiling", "boto3_ranged_best", 1400.0),
+        row("wsfuse", "seq_cold", 1200.0),
+        row("ceiling", "boto3_multipart_1g", 400.0),
+    ]
+    ran = {"groups": ["seq", "write"], "filesystems": ["wsfuse", "s3fs"]}
+    t = by_name(report.targets(rows, 20.0, ran))
+    peer = t["cold seq read / best peer"]  # s3fs was mounted but has no number
+    assert (peer["value"], peer["met"]) == (None, False)
+    assert peer["detail"].startswith("not measured:")
+    write = t["1 GiB write until in bucket / boto3 multipart"]  # wsfuse's write failed
+    assert (write["value"], write["met"]) == (None, False)
+    traffic = t["cold seq read: bytes from S3 / bytes read"]  # no bytes recorded
+    assert traffic["met"] is False
+    assert t["daemon peak RSS (MiB)"]["met"] is False  # no RSS row
+    assert not any(name.startswith(("small files", "ls -l", "random")) for name in t)
+    assert "small files name order, 1 reader / rclone" not in t
+    only_wsfuse = by_name(report.targets(rows, 20.0, {**ran, "filesystems": ["wsfuse"]}))
+    assert "cold seq read / best peer" not in only_wsfuse  # no peer was mounted
+    text = report.markdown(
+        {
+            "meta": {
+                "timestamp": "t",
+                "cpus": 2,
+                "kernel": "k",
+                "commit": "c",
+                "dirty": False,
+                "repeat": 1,
+                "command": "bench/run",
+                "latencies_ms": [20.0],
+            },
+            "rows": rows,
+            "targets": list(t.values()),
+        }
+    )
+    assert "| 1 GiB write until in bucket / boto3 multipart | - | ≥ 0.8 | not measured:" in text
+
+
 def test_traffic_bounds_count_bytes_from_the_server_per_byte_read() -> None:
     mib = 1 << 20
     rows = [
@@ -139,7 +180,7 @@ def test_the_reported_run_renders_with_the_targets_it_recorded() -> None:
     result = json.loads((RESULTS / f"run-{stamp}.json").read_text())
     text = report.markdown(result)
     assert "### Targets at 20 ms" in text
-    recomputed = by_name(report.targets(result["rows"], 20.0))
+    recomputed = by_name(report.targets(result["rows"], 20.0, result["meta"]))
     for saved in result["targets"]:
         if saved["latency_ms"] != 20.0:
             continue
