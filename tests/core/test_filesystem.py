@@ -234,6 +234,49 @@ async def test_sequential_reads_prefetch_and_read_each_byte_once(h: Harness) -> 
     assert h.backend.counts["get_range"] <= size // (8 * MiB) + 3
 
 
+def record_get_sizes(h: Harness, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    sizes: list[int] = []
+    real = h.backend.get_range
+
+    def recording(key: str, offset: int, length: int, **kw: str | None) -> bytes:
+        sizes.append(length)
+        return real(key, offset, length, **kw)
+
+    monkeypatch.setattr(h.backend, "get_range", recording)
+    return sizes
+
+
+async def test_a_fast_first_get_makes_read_ahead_send_larger_gets(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first 8 MiB GET far faster than S3 gives one connection (here: memory) means the CPU,
+    not the connection, limits the stream: read-ahead then sends 16 MiB GETs (half as many
+    requests and streams for the same 64 MiB window)."""
+    sizes = record_get_sizes(h, monkeypatch)
+    size = 100 * MiB
+    h.backend.put("fast", ramp("fast", 0, size))
+    assert await h.read_all("fast") == ramp("fast", 0, size)
+    assert h.fs.fetcher.stats.fast_link_streams == 1
+    assert sizes[0] == 8 * MiB  # the first GET, which measured the link
+    assert max(sizes) == 16 * MiB
+    assert h.backend.bytes_read == size  # each byte once, whatever the GET size
+
+
+async def test_a_first_get_as_slow_as_s3_keeps_read_ahead_in_8_mib_gets(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 MiB in 0.1 s or more is ~80 MB/s, one S3 connection's rate: read-ahead keeps many 8
+    MiB GETs in flight (more connections), as before."""
+    sizes = record_get_sizes(h, monkeypatch)
+    size = 48 * MiB
+    h.backend.put("slow", ramp("slow", 0, size))
+    h.faulty.latency = 0.1
+    assert await h.read_all("slow") == ramp("slow", 0, size)
+    assert h.fs.fetcher.stats.fast_link_streams == 0
+    assert max(sizes) == 8 * MiB
+    assert h.backend.bytes_read == size
+
+
 async def test_cold_sequential_read_hands_blocks_over_in_memory(h: Harness) -> None:
     size = 40 * MiB
     h.backend.put("cold", ramp("cold", 0, size))

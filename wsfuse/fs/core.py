@@ -554,6 +554,7 @@ class Filesystem(Mutations):
             "inflight_joins": fetch.inflight_joins,
             "prefetch_cancelled": fetch.prefetch_cancelled,
             "prefetch_detached": fetch.prefetch_detached,
+            "fast_link_streams": fetch.fast_link_streams,
             "prefetch_skipped_budget": fetch.prefetch_skipped_budget,
             "inflight_blocks": len(self.fetcher.inflight),
             "open_handles": sum(isinstance(h, FileHandle) for h in self._handles.values()),

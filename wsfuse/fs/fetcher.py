@@ -158,6 +158,7 @@ class FetchStats:
     inflight_joins: int = 0
     handoffs: int = 0  # blocks read from read-ahead memory, not from the cache files
     disk_loads: int = 0  # cached blocks read ahead from the cache files in worker threads
+    fast_link_streams: int = 0  # streams whose first GET was fast: larger read-ahead GETs
 
 
 class BlockFetcher:

@@ -8,6 +8,8 @@ readers never trigger large downloads. The blocks themselves come from the mount
 
 from __future__ import annotations
 
+import trio
+
 from wsfuse.config import MountConfig
 from wsfuse.fs.fetcher import BlockFetcher, PinnedObject
 
@@ -28,6 +30,12 @@ class Reader:
         self.block_size = bs
         self.fetch_blocks = max(1, config.fetch_size // bs)
         self.max_window = max(self.fetch_blocks, config.prefetch_max // bs)
+        # Read-ahead GETs: fetch_blocks each, or more once the first GET showed a fast link
+        # (`_size_readahead`).
+        self.readahead_blocks = self.fetch_blocks
+        self._fast_blocks = min(self.max_window, max(1, config.fast_fetch_size // bs))
+        self._fast_rate = config.fast_link_rate
+        self._first_get: float | None = None  # when the stream's first GET was sent
         self.whole = obj.size <= config.whole_object_max
         self.next_offset = 0  # the stream's front: where a sequential reader reads next
         self.window = 0  # read-ahead in blocks; grows while reads are sequential
@@ -69,14 +77,18 @@ class Reader:
         else:
             fetch = last - first + 1  # random: exactly what was asked for
         # Start the demand fetch before read-ahead, so that it covers its whole run in one GET.
-        if (self.last is None or self.last[0] != first) and self.fetcher.start_fetch(
-            self.obj, first, fetch, group=None
+        if (self.last is None or self.last[0] != first) and (
+            started := self.fetcher.start_fetch(self.obj, first, fetch, group=None)
         ):
             self.fetcher.stats.demand_fetches += 1
+            if sequential and offset == 0 and started == self.fetch_blocks and not self.whole:
+                self._first_get = trio.current_time()
         if sequential and self.window and not self.whole:
             self._read_ahead(last + 1)
         start = offset - first * bs
         parts = [await self._block(i, fetch - (i - first)) for i in range(first, last + 1)]
+        if self._first_get is not None:
+            self._size_readahead(trio.current_time() - self._first_get)
         # Keep the block a sequential read ended in, if it ended inside it (see `last`); a
         # read served out of order leaves the stream's as it was.
         if sequential:
@@ -134,6 +146,19 @@ class Reader:
             self.obj, index, fetch_blocks=fetch_blocks, group=self.readahead
         )
 
+    def _size_readahead(self, elapsed: float) -> None:
+        """After the stream's first GET (`fetch_blocks`, sent when the file's first block was
+        read): its rate, time to first byte included, says what one connection gives. From
+        S3 that is ~60-90 MB/s, and read-ahead keeps `fetch_size` GETs so that its window is
+        many connections; far faster means a link where the CPU, not the connection, is the
+        limit, and read-ahead sends fewer, larger GETs (`fast_fetch_size`). Decided once per
+        stream, while few GETs share the link."""
+        self._first_get = None
+        rate = self.fetch_blocks * self.block_size / max(elapsed, 1e-6)
+        if rate >= self._fast_rate:
+            self.readahead_blocks = self._fast_blocks
+            self.fetcher.stats.fast_link_streams += 1
+
     def _read_ahead(self, start: int) -> None:
         """Keep `window` blocks after `start` fetched, loaded or in flight, in fetch-sized
         runs: missing blocks by GET, cached ones from the cache files."""
@@ -143,8 +168,9 @@ class Reader:
         i = max(start, self.ahead_until)
         # Only whole fetches (or the object's tail): topping the window up by the one block
         # each read consumes would turn read-ahead into 1 MiB GETs.
-        while i < target and (target - i >= self.fetch_blocks or target == total):
-            count = min(self.fetch_blocks, target - i)
+        run = self.readahead_blocks
+        while i < target and (target - i >= run or target == total):
+            count = min(run, target - i)
             covered = fetcher.start_fetch(self.obj, i, count, group=self.readahead) or (
                 fetcher.start_load(self.obj, i, count, group=self.readahead)
             )
