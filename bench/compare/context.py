@@ -240,6 +240,7 @@ CUMULATIVE = frozenset(
         "prefetches",
         "prefetch_cancelled",
         "prefetch_skipped_budget",
+        "fast_link_streams",
         "streamed_parts_from_memory",
         "streamed_parts_read_back",
     }
