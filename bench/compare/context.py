@@ -164,8 +164,10 @@ class Ctx:
         mount: Mount | None = None,
         drop: bool = False,
         children: bool = False,
+        quiet: float = 0.3,
     ) -> Sample:
-        """One time-bounded workload with its CPU, traffic and RSS."""
+        """One time-bounded workload with its CPU, traffic and RSS (its traffic counted until
+        the server has been `quiet` s without a request ending)."""
         self.check_time(what)
         if drop:
             drop_caches()
@@ -176,7 +178,7 @@ class Ctx:
             Meter(self.server, mount, children=children) as meter,
         ):
             sample = fn()
-        sample = meter.fill(sample)
+        sample = meter.fill(sample, quiet)
         sample.cpu["busy_before"] = busy_before
         after = wsfuse_status(mount)
         if after:

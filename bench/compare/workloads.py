@@ -180,6 +180,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                 f"{spec.name} write 1 GiB",
                 partial(_write_and_wait, m, poller, key, size, ctx.args.timeout),
                 mount=m,
+                quiet=WRITE_QUIET,
             )
             res["close"].append((size / s.extra["close_s"] / 1e6, s))
             res["bucket"].append((s.mbps, s))
@@ -192,6 +193,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     f"{spec.name} write 1 GiB + rename",
                     partial(_write_rename_and_wait, m, poller, tmp, final, size, ctx.args.timeout),
                     mount=m,
+                    quiet=WRITE_QUIET,
                 )
                 res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
                 res["rn_bucket"].append((s.mbps, s))
@@ -203,6 +205,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     f"{spec.name} creates",
                     partial(_create_and_wait, ctx, m, poller, d),
                     mount=m,
+                    quiet=WRITE_QUIET,
                 )
                 res["cr"].append((s.ops / s.extra["close_s"], s))
                 if s.extra["listed"]:
@@ -235,6 +238,12 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
             ctx.add(spec.name, "write_tmp_rename_bucket", res["rn_bucket"], "MB/s")
             ctx.add(spec.name, "create_64k_closed", res["cr"], "files/s")
             ctx.add(spec.name, "create_64k_listed", res["crl"], "files/s")
+
+
+#: After a write workload, the traffic is counted until the server has been this long without a
+#: request ending: longer than rclone's --vfs-write-back (1 s), so that uploads it starts after
+#: the workload are counted with it, not with the next one.
+WRITE_QUIET = 2.5
 
 
 def _write_and_wait(m: Mount, poller: Poller, key: str, size: int, timeout: float):

@@ -91,7 +91,9 @@ class Meter:
         self.elapsed = time.perf_counter() - self.t0
         self.end = self._snapshot()
 
-    def fill(self, sample: Sample) -> Sample:
+    def fill(self, sample: Sample, quiet: float = 0.3) -> Sample:
+        """`sample` with its CPU, RSS and traffic; the traffic once no request has ended for
+        `quiet` s (see `Server.settled_stats`)."""
         cpu = {k: self.end[k] - self.start[k] for k in self.start}
         if self.daemon is None:
             del cpu["daemon"]
@@ -100,7 +102,7 @@ class Meter:
         ours = sum(v for k, v in cpu.items() if k not in NOT_PROCESSES)
         cpu["others"] = max(0.0, cpu["machine_busy"] - ours)
         sample.cpu = cpu
-        sample.server, settle = self.server.settled_stats(quiet=0.3)
+        sample.server, settle = self.server.settled_stats(quiet=quiet)
         if settle > 1.0:  # traffic went on after the workload: say so beside its numbers
             sample.extra["traffic_settle_s"] = round(settle, 2)
         return sample
