@@ -153,6 +153,8 @@ def targets(
     out: list[dict[str, Any]] = []
     groups = set(ran.get("groups", ())) if ran else set()
     mounted = set(ran.get("filesystems", ())) if ran else set()
+    if ran and not ran.get("no_ceilings"):
+        mounted.add("ceiling")  # measured unless --no-ceilings
 
     def v(fs: str, w: str) -> float | None:
         return value(rows, fs, w, lat)
@@ -195,6 +197,7 @@ def targets(
         0.8,
         f"{fmt(cold)} / {fmt(c)} ({cname})",
         "seq",
+        ("wsfuse", "ceiling"),
     )
     bp, pname = best_peer(rows, BY_ID["seq_cold"], lat)
     add(
@@ -214,6 +217,7 @@ def targets(
         0.8,
         f"{fmt(disk)} / {fmt(pt)}",
         "seq",
+        ("wsfuse", "ceiling"),
     )
     page, ptk = v("wsfuse", "seq_page_reread"), v("ceiling", "passthrough_keep_reread")
     add(
@@ -223,6 +227,7 @@ def targets(
         0.9,
         f"{fmt(page)} / {fmt(ptk)}",
         "seq",
+        ("wsfuse", "ceiling"),
     )
     s8, b32 = v("wsfuse", "small_cold_name_8"), v("ceiling", "boto3_small_get_32")
     add(
@@ -232,6 +237,7 @@ def targets(
         0.8,
         f"{fmt(s8)} / {fmt(b32)} files/s",
         "small",
+        ("wsfuse", "ceiling"),
     )
     s1, rc = v("wsfuse", "small_cold_name_1"), v("rclone", "small_cold_name_1")
     add(
@@ -252,6 +258,7 @@ def targets(
             0.8,
             f"{fmt(sh)} / {fmt(b)} files/s",
             "small",
+            ("wsfuse", "ceiling"),
         )
     lc, bl = v("wsfuse", "list_cold"), v("ceiling", "boto3_list")
     add(
@@ -261,6 +268,7 @@ def targets(
         1.2,
         f"{fmt(lc)} s / {fmt(bl)} s",
         "list",
+        ("wsfuse", "ceiling"),
     )
     lw, pl = v("wsfuse", "list_warm"), v("ceiling", "passthrough_list_warm")
     add(
@@ -270,6 +278,7 @@ def targets(
         1.2,
         f"{fmt(lw)} s / {fmt(pl)} s",
         "list",
+        ("wsfuse", "ceiling"),
     )
     mpu = v("ceiling", "boto3_multipart_1g")
     wb, wc = v("wsfuse", "write_1g_bucket"), v("wsfuse", "write_1g_close")
@@ -280,6 +289,7 @@ def targets(
         0.8,
         f"{fmt(wb)} / {fmt(mpu)} MB/s",
         "write",
+        ("wsfuse", "ceiling"),
     )
     add(
         "1 GiB write until close / boto3 multipart (issue 4)",
@@ -288,6 +298,7 @@ def targets(
         0.8,
         f"{fmt(wc)} / {fmt(mpu)} MB/s",
         "write",
+        ("wsfuse", "ceiling"),
     )
     rn = v("wsfuse", "write_tmp_rename_bucket")
     add(
@@ -297,6 +308,7 @@ def targets(
         0.5,
         f"{fmt(rn)} / {fmt(mpu)} MB/s (goal 0.5 is ours)",
         "write",
+        ("wsfuse", "ceiling"),
     )
     cr, puts = v("wsfuse", "create_64k_closed"), v("ceiling", "boto3_serial_put_64k")
     add(
@@ -306,6 +318,7 @@ def targets(
         0.8,
         f"{fmt(cr)} / {fmt(puts)} files/s",
         "write",
+        ("wsfuse", "ceiling"),
     )
     rss = v("wsfuse", "daemon_peak_rss")
     add(

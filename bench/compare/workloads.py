@@ -72,7 +72,7 @@ def random_reads(ctx: Ctx, spec: FsSpec) -> None:
                     s = ctx.measure(
                         f"{spec.name} fio {bs}",
                         lambda p=path, b=bs: ops.fio_random(
-                            p, b, ctx.args.fio_runtime, ctx.data.big_size, ctx.args.timeout
+                            p, b, ctx.args.fio_runtime, ctx.data.big_size, ctx.workload_timeout()
                         ),
                         mount=m,
                         drop=True,
@@ -178,7 +178,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
             # until close, and until the object is in the bucket, in one pass
             s = ctx.measure(
                 f"{spec.name} write 1 GiB",
-                partial(_write_and_wait, m, poller, key, size, ctx.args.timeout),
+                partial(_write_and_wait, m, poller, key, size, ctx.workload_timeout()),
                 mount=m,
                 quiet=WRITE_QUIET,
             )
@@ -191,7 +191,9 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                 final = f"w-{run}/ckpt-final.bin"
                 s = ctx.measure(
                     f"{spec.name} write 1 GiB + rename",
-                    partial(_write_rename_and_wait, m, poller, tmp, final, size, ctx.args.timeout),
+                    partial(
+                        _write_rename_and_wait, m, poller, tmp, final, size, ctx.workload_timeout()
+                    ),
                     mount=m,
                     quiet=WRITE_QUIET,
                 )
@@ -283,7 +285,7 @@ def _create_and_wait(ctx: Ctx, m: Mount, poller: Poller, d: str):
     close_s = s.seconds
     t0 = _now()
     n = s.ops
-    ok = poller.wait(lambda: poller.count(d + "/f-") >= n, ctx.args.timeout, interval=0.1)
+    ok = poller.wait(lambda: poller.count(d + "/f-") >= n, ctx.workload_timeout(), interval=0.1)
     if not ok:
         log(f"{m.name}: only {poller.count(d + '/f-')} of {n} created files listed")
     s.seconds = close_s + (_now() - t0)

@@ -103,6 +103,6 @@ class Meter:
         cpu["others"] = max(0.0, cpu["machine_busy"] - ours)
         sample.cpu = cpu
         sample.server, settle = self.server.settled_stats(quiet=quiet)
-        if settle > 1.0:  # traffic went on after the workload: say so beside its numbers
+        if settle > quiet + 1.0:  # traffic went on after the workload: say so beside it
             sample.extra["traffic_settle_s"] = round(settle, 2)
         return sample

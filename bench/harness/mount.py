@@ -27,9 +27,13 @@ def mount_points(table: Path = Path("/proc/mounts")) -> set[str]:
 
 
 def is_mounted(path: Path, table: Path = Path("/proc/mounts")) -> bool:
-    """Whether `path` is a mount point; a relative or symlinked `--workdir` names it
-    differently from the kernel, hence the real path."""
-    return os.path.realpath(path) in mount_points(table)
+    """Whether `path` is a mount point. A relative or symlinked `--workdir` names it
+    differently from the kernel, so its parent is resolved -- not the mount point itself:
+    that would `lstat` it, which waits for its FUSE daemon, and a hung daemon is what an
+    unmount must not wait for."""
+    absolute = os.path.abspath(path)
+    real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
+    return real in mount_points(table)
 
 
 def unmount(path: Path) -> None:

@@ -83,7 +83,7 @@ class Server:
             try:
                 line = pending.result(timeout=START_TIMEOUT).strip()
             except TimeoutError:
-                stop_process(self.proc)  # also closes the pipe, which ends the readline
+                stop_process(self.proc)  # its end closes its stdout, which ends the readline
                 self.proc = None
                 raise RuntimeError(
                     f"S3 server did not start within {START_TIMEOUT:.0f} s, see {self.log_file}"

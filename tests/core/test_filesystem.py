@@ -50,6 +50,8 @@ class Harness:
 
 
 def make_config(tmp_path: Path, **kw: object) -> MountConfig:
+    # 8 MiB read-ahead GETs whatever this machine's speed (the fast-link tests set the rate)
+    kw.setdefault("fast_link_rate", float("inf"))
     return replace(DEFAULTS, cache_dir=tmp_path / "cache", min_free=0, **kw)  # type: ignore[arg-type]
 
 
@@ -253,6 +255,7 @@ async def test_a_fast_first_get_makes_read_ahead_send_larger_gets(
     not the connection, limits the stream: read-ahead then sends 16 MiB GETs (half as many
     requests and streams for the same 64 MiB window)."""
     sizes = record_get_sizes(h, monkeypatch)
+    h.fs.config = replace(h.fs.config, fast_link_rate=1.0)  # memory: fast, however slow CI is
     size = 100 * MiB
     h.backend.put("fast", ramp("fast", 0, size))
     assert await h.read_all("fast") == ramp("fast", 0, size)
@@ -268,6 +271,7 @@ async def test_a_first_get_as_slow_as_s3_keeps_read_ahead_in_8_mib_gets(
     """8 MiB in 0.1 s or more is ~80 MB/s, one S3 connection's rate: read-ahead keeps many 8
     MiB GETs in flight (more connections), as before."""
     sizes = record_get_sizes(h, monkeypatch)
+    h.fs.config = replace(h.fs.config, fast_link_rate=DEFAULTS.fast_link_rate)
     size = 48 * MiB
     h.backend.put("slow", ramp("slow", 0, size))
     h.faulty.latency = 0.1
@@ -275,6 +279,26 @@ async def test_a_first_get_as_slow_as_s3_keeps_read_ahead_in_8_mib_gets(
     assert h.fs.fetcher.stats.fast_link_streams == 0
     assert max(sizes) == 8 * MiB
     assert h.backend.bytes_read == size
+
+
+async def test_only_a_stream_read_from_its_start_times_its_first_get(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream that starts elsewhere, or whose first block was cached, makes no measurement:
+    its read-ahead keeps 8 MiB GETs."""
+    sizes = record_get_sizes(h, monkeypatch)
+    h.fs.config = replace(h.fs.config, fast_link_rate=1.0)
+    size = 48 * MiB
+    h.backend.put("mid", ramp("mid", 0, size))
+    fh, _ = await h.fs.open(await h.path_ino("mid"), write=False)
+    for i in range(4, 48):  # sequential from 4 MiB on
+        assert await h.fs.read(fh, i * MiB, MiB) == ramp("mid", i * MiB, MiB)
+    await h.fs.release(fh)
+    assert h.fs.fetcher.stats.fast_link_streams == 0
+    assert max(sizes) == 8 * MiB
+    # From the start now: blocks 4 on are cached, so its first GET is 4 blocks, not timed.
+    assert await h.read_all("mid") == ramp("mid", 0, size)
+    assert h.fs.fetcher.stats.fast_link_streams == 0
 
 
 async def test_cold_sequential_read_hands_blocks_over_in_memory(h: Harness) -> None:

@@ -107,6 +107,11 @@ def test_a_target_of_a_group_that_ran_without_a_number_is_a_row_not_met() -> Non
     assert "small files name order, 1 reader / rclone" not in t
     only_wsfuse = by_name(report.targets(rows, 20.0, {**ran, "filesystems": ["wsfuse"]}))
     assert "cold seq read / best peer" not in only_wsfuse  # no peer was mounted
+    no_ceilings = by_name(
+        report.targets([row("wsfuse", "seq_cold", 1200.0)], 20.0, {**ran, "no_ceilings": True})
+    )
+    assert "1 GiB write until in bucket / boto3 multipart" not in no_ceilings  # none measured
+    assert "disk-cache re-read / passthrough" not in no_ceilings
     text = report.markdown(
         {
             "meta": {

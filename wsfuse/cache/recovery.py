@@ -10,6 +10,7 @@ on disk and recorded. It opens no block file: contents are verified when they ar
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from wsfuse.cache import schema
 from wsfuse.cache.blockfile import unlink_quietly
 from wsfuse.cache.index import MetadataIndex
 from wsfuse.cache.schema import BlockRecord, block_relpath
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +90,12 @@ def scan_block_files(directory: str) -> set[bytes]:
                         found.add(bid)
                     else:
                         _remove_entry(entry)
-    for fan in range(schema.FANOUT):
-        if fan not in present:
-            os.mkdir(os.path.join(blocks_dir, f"{fan:02x}"))
+    try:
+        for fan in range(schema.FANOUT):
+            if fan not in present:
+                os.mkdir(os.path.join(blocks_dir, f"{fan:02x}"))
+    except OSError as exc:  # a full disk: the puts that need one try again (and skip)
+        log.warning("cannot make the cache's fanout directories in %s: %s", blocks_dir, exc)
     return found
 
 

@@ -33,9 +33,11 @@ class Reader:
         # Read-ahead GETs: fetch_blocks each, or more once the first GET showed a fast link
         # (`_size_readahead`).
         self.readahead_blocks = self.fetch_blocks
-        self._fast_blocks = min(self.max_window, max(1, config.fast_fetch_size // bs))
+        # (at most half the window, so that a GET is always on its way while one is read)
+        self._fast_blocks = max(
+            self.fetch_blocks, min(self.max_window // 2, config.fast_fetch_size // bs)
+        )
         self._fast_rate = config.fast_link_rate
-        self._first_get: float | None = None  # when the stream's first GET was sent
         self.whole = obj.size <= config.whole_object_max
         self.next_offset = 0  # the stream's front: where a sequential reader reads next
         self.window = 0  # read-ahead in blocks; grows while reads are sequential
@@ -77,18 +79,19 @@ class Reader:
         else:
             fetch = last - first + 1  # random: exactly what was asked for
         # Start the demand fetch before read-ahead, so that it covers its whole run in one GET.
+        first_get: float | None = None  # when this read sent the stream's first GET
         if (self.last is None or self.last[0] != first) and (
             started := self.fetcher.start_fetch(self.obj, first, fetch, group=None)
         ):
             self.fetcher.stats.demand_fetches += 1
             if sequential and offset == 0 and started == self.fetch_blocks and not self.whole:
-                self._first_get = trio.current_time()
+                first_get = trio.current_time()
         if sequential and self.window and not self.whole:
             self._read_ahead(last + 1)
         start = offset - first * bs
         parts = [await self._block(i, fetch - (i - first)) for i in range(first, last + 1)]
-        if self._first_get is not None:
-            self._size_readahead(trio.current_time() - self._first_get)
+        if first_get is not None:  # only the read that sent it times it (its block 0 came)
+            self._size_readahead(trio.current_time() - first_get)
         # Keep the block a sequential read ended in, if it ended inside it (see `last`); a
         # read served out of order leaves the stream's as it was.
         if sequential:
@@ -153,7 +156,6 @@ class Reader:
         many connections; far faster means a link where the CPU, not the connection, is the
         limit, and read-ahead sends fewer, larger GETs (`fast_fetch_size`). Decided once per
         stream, while few GETs share the link."""
-        self._first_get = None
         rate = self.fetch_blocks * self.block_size / max(elapsed, 1e-6)
         if rate >= self._fast_rate:
             self.readahead_blocks = self._fast_blocks
