@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -12,11 +11,7 @@ from typing import Any
 
 import pytest
 
-
-def _mounts() -> set[str]:
-    """Mount points, as /proc/mounts names them (octal escapes such as \\040 undone)."""
-    with open("/proc/mounts") as f:
-        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[1]) for line in f}
+from tests.conftest import mount_points
 
 
 def run_wsfuse(
@@ -25,7 +20,7 @@ def run_wsfuse(
     """`python -m wsfuse ARGS`. A mount point among ARGS that it left mounted (a regression
     that let a refused mount succeed, or a timeout that killed the daemon) is lazily
     unmounted, unless the test mounts on purpose (`keep_mounts`) and unmounts itself."""
-    before = _mounts()
+    before = mount_points()
     try:
         return subprocess.run(
             [sys.executable, "-m", "wsfuse", *args],
@@ -38,7 +33,7 @@ def run_wsfuse(
     finally:
         if not keep_mounts:
             ours = {os.path.realpath(a) for a in args if os.path.isabs(a)}
-            for path in _mounts() - before:
+            for path in mount_points() - before:
                 if path in ours:
                     subprocess.run(
                         ["fusermount3", "-u", "-z", path], capture_output=True, check=False

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fresh_bucket_name
+from tests.conftest import fresh_bucket_name, is_mounted
 
 FUSE_AVAILABLE = Path("/dev/fuse").exists() and shutil.which("fusermount3") is not None
 pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason="needs /dev/fuse and fusermount3")
@@ -29,9 +29,7 @@ from wsfuse.mount import read_status  # noqa: E402
 BLOCK = DEFAULTS.block_size
 
 
-def _is_mounted(path: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(path) for line in f)
+_is_mounted = is_mounted
 
 
 def _answers(path: Path) -> bool:
@@ -163,6 +161,24 @@ class S3Bucket:
 
     def get_bytes(self, key: str | None = None) -> int:
         return int(self.server.bytes_sent("GET", key=key, bucket=self.name))
+
+
+#: The mounts' caches keep `min_free` free on their disk and otherwise stop caching (by design):
+#: then the tests that count GETs would fail for a reason that has nothing to do with them.
+NEEDED_FREE = DEFAULTS.min_free + (2 << 30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _room_for_the_caches(tmp_path_factory: pytest.TempPathFactory) -> None:
+    free = shutil.disk_usage(tmp_path_factory.getbasetemp()).free
+    if free < NEEDED_FREE:
+        pytest.fail(
+            f"only {free / (1 << 30):.1f} GiB free for the tests' caches under "
+            f"{tmp_path_factory.getbasetemp()}; the mounts stop caching below "
+            f"{DEFAULTS.min_free >> 30} GiB (--min-free), and {NEEDED_FREE >> 30} GiB are "
+            "needed: free some space",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
