@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,20 +36,6 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
         return tls.self_signed_certificate(directory)
     except FileNotFoundError as exc:
         pytest.skip(str(exc))
-
-
-def mount_points() -> set[str]:
-    """Mount points, as /proc/mounts names them (octal escapes such as \\040 undone)."""
-    with open("/proc/mounts") as f:
-        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[1]) for line in f}
-
-
-def is_mounted(path: Path) -> bool:
-    """Whether `path` is a mount point, by the real path of its parent: resolving the mount
-    point itself would `lstat` it, which waits for its FUSE daemon (a hung one included)."""
-    absolute = os.path.abspath(path)
-    real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
-    return real in mount_points()
 
 
 def fresh_bucket_name(kind: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import mount_points
+from wsfuse.testing.mounts import mount_points
 
 
 def run_wsfuse(

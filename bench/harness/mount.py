@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -17,23 +16,7 @@ from typing import Any
 
 from bench.harness.env import ENV, log
 from bench.harness.procs import stop_process, vm_status
-
-
-def mount_points(table: Path = Path("/proc/mounts")) -> set[str]:
-    """Mount points as /proc/mounts names them, with its octal escapes (a space is \\040)
-    undone."""
-    with open(table) as f:
-        return {re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[1]) for line in f}
-
-
-def is_mounted(path: Path, table: Path = Path("/proc/mounts")) -> bool:
-    """Whether `path` is a mount point. A relative or symlinked `--workdir` names it
-    differently from the kernel, so its parent is resolved -- not the mount point itself:
-    that would `lstat` it, which waits for its FUSE daemon, and a hung daemon is what an
-    unmount must not wait for."""
-    absolute = os.path.abspath(path)
-    real = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
-    return real in mount_points(table)
+from wsfuse.testing.mounts import is_mounted
 
 
 def unmount(path: Path) -> None:

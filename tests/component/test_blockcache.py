@@ -648,6 +648,35 @@ def test_opening_makes_every_fanout_directory_and_a_removed_one_is_made_again(
     assert_consistent(cache)
 
 
+def test_a_disk_too_full_for_the_fanout_directories_still_opens_the_cache(
+    open_cache: Callable[..., BlockCache],
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk at opening time is a warning, not a failed mount: puts make their fanout
+    directory when they need it (and are skipped while the disk is full)."""
+    import errno
+    import os
+
+    from wsfuse.cache import recovery
+
+    real_mkdir = os.mkdir
+
+    def full(path: str, *args: object, **kw: object) -> None:
+        if os.path.basename(os.path.dirname(path)) == "blocks":
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real_mkdir(path, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(recovery.os, "mkdir", full)
+    cache = open_cache()
+    assert "cannot make the cache's fanout directories" in caplog.text
+    monkeypatch.undo()
+    bkey = BlockKey("k", "e", 3)
+    cache.put(bkey, block_data(bkey))
+    assert cache.get(bkey) == block_data(bkey)
+
+
 def test_startup_of_many_blocks_is_fast(tmp_path: Path) -> None:
     """Reconciling 3,000 blocks: printed, and bounded generously against slow CI disks (the
     report's benchmark measures larger caches)."""

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import fresh_bucket_name, is_mounted
+from tests.conftest import fresh_bucket_name
+from wsfuse.testing.mounts import is_mounted
 
 FUSE_AVAILABLE = Path("/dev/fuse").exists() and shutil.which("fusermount3") is not None
 pytestmark = pytest.mark.skipif(not FUSE_AVAILABLE, reason="needs /dev/fuse and fusermount3")

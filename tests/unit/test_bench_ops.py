@@ -1,12 +1,13 @@
-"""bench/compare/ops and bench/harness/mount helpers that need no benchmark to check: fio's I/O
-log read into the distinct blocks it touched, and mount points as /proc/mounts spells them."""
+"""Helpers of the benchmark that need no benchmark to check: fio's I/O log read into the distinct
+blocks it touched, and mount points as /proc/mounts spells them (wsfuse.testing.mounts, which
+the bench and the tests share)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from bench.compare.ops import blocks_in_iolog
-from bench.harness import mount
+from wsfuse.testing import mounts
 
 MIB = 1 << 20
 
@@ -39,10 +40,10 @@ def test_mount_points_undo_the_octal_escapes_of_proc_mounts(tmp_path: Path) -> N
     spaced.mkdir()
     escaped = str(spaced).replace(" ", "\\040")
     table.write_text(f"wsfuse {escaped} fuse.wsfuse rw 0 0\nproc /proc proc rw 0 0\n")
-    assert str(spaced) in mount.mount_points(table)
+    assert str(spaced) in mounts.mount_points(table)
     # a mount point under a symlinked or relative directory is found by its real path (the
     # mount point itself is not resolved: that would wait for its daemon)
     link = tmp_path / "link"
     link.symlink_to(tmp_path)
-    assert mount.is_mounted(link / "with space", table)
-    assert not mount.is_mounted(tmp_path, table)
+    assert mounts.is_mounted(link / "with space", table)
+    assert not mounts.is_mounted(tmp_path, table)
