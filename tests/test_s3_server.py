@@ -566,3 +566,31 @@ def test_request_bodies_are_counted_and_harness_requests_are_not(
     with pytest.raises(ClientError):  # the fault was left for the client under test
         client.head_object(Bucket=bucket, Key="up")
     server.clear_faults()
+
+
+def test_traffic_can_be_split_by_key_prefix(server: S3TestServer, client: Any, bucket: str) -> None:
+    """A benchmark counts a workload's traffic by its own keys: a peer still uploading an
+    earlier workload's file is shown apart ("elsewhere"), not as this workload's. Requests
+    without a key (a LIST) belong to the workload."""
+    server.reset_stats()
+    client.put_object(Bucket=bucket, Key="mine/a", Body=b"a" * 100)
+    client.put_object(Bucket=bucket, Key="late/b", Body=b"b" * 7000)
+    client.list_objects_v2(Bucket=bucket, Prefix="mine/")
+    assert get(client, bucket, "mine/a")["data"] == b"a" * 100
+
+    everything = server.stats_summary()
+    assert everything["total"]["requests"] == 4
+    assert everything["total"]["received"] == 7100
+    assert "elsewhere" not in everything
+
+    split = server.stats_summary(prefixes=("mine/", "other/"))
+    # the GET's 100 bytes and the LIST's answer are both the workload's
+    assert split["total"] == {**everything["total"], "requests": 3, "received": 100}
+    assert split["PUT"]["requests"] == 1
+    assert split["elsewhere"] == {"requests": 1, "bytes": 0, "received": 7000}
+
+    # the same through the control path a benchmark in another process uses
+    url = f"{server.endpoint_url}/_wsfuse/stats?prefixes=mine%2F,other%2F&reset=1"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        assert json.load(answer) == split
+    assert server.stats == {}  # reset after reading

@@ -165,9 +165,11 @@ class Ctx:
         drop: bool = False,
         children: bool = False,
         quiet: float = 0.3,
+        prefixes: tuple[str, ...] = (),
     ) -> Sample:
         """One time-bounded workload with its CPU, traffic and RSS (its traffic counted until
-        the server has been `quiet` s without a request ending)."""
+        the server has been `quiet` s without a request ending; with `prefixes`, the traffic
+        of those keys, other keys' apart: `Server.settled_stats`)."""
         self.check_time(what)
         if drop:
             drop_caches()
@@ -178,7 +180,7 @@ class Ctx:
             Meter(self.server, mount, children=children) as meter,
         ):
             sample = fn()
-        sample = meter.fill(sample, quiet)
+        sample = meter.fill(sample, quiet, prefixes)
         sample.cpu["busy_before"] = busy_before
         after = wsfuse_status(mount)
         if after:

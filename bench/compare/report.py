@@ -108,6 +108,16 @@ def traffic(r: dict[str, Any] | None) -> str:
     got = srv.get("GET", {}).get("bytes", 0)
     sent = srv.get("total", {}).get("received", 0)  # request bodies: uploads
     up = f", {sent / MiB:.0f} MiB up" if sent else ""
+    # requests for keys that are not the workload's (a peer still uploading an earlier
+    # workload's file): counted apart by the server, shown apart here
+    other = srv.get("elsewhere")
+    if other:
+        parts = [f"{other.get('requests', 0)} req"]
+        if other.get("bytes", 0) >= MiB / 2:  # not the few bytes of each PUT's answer
+            parts.append(f"{other['bytes'] / MiB:.0f} MiB")
+        if other.get("received"):
+            parts.append(f"{other['received'] / MiB:.0f} MiB up")
+        up += "; other keys meanwhile: " + ", ".join(parts)
     return f" ({total} req, {got / MiB:.0f} MiB{up})"
 
 

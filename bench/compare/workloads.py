@@ -181,6 +181,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                 partial(_write_and_wait, m, poller, key, size, ctx.workload_timeout()),
                 mount=m,
                 quiet=WRITE_QUIET,
+                prefixes=(key,),
             )
             res["close"].append((size / s.extra["close_s"] / 1e6, s))
             res["bucket"].append((s.mbps, s))
@@ -196,6 +197,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     ),
                     mount=m,
                     quiet=WRITE_QUIET,
+                    prefixes=(tmp, final),
                 )
                 res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
                 res["rn_bucket"].append((s.mbps, s))
@@ -208,6 +210,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     partial(_create_and_wait, ctx, m, poller, d),
                     mount=m,
                     quiet=WRITE_QUIET,
+                    prefixes=(d + "/",),
                 )
                 res["cr"].append((s.ops / s.extra["close_s"], s))
                 if s.extra["listed"]:

@@ -91,9 +91,10 @@ class Meter:
         self.elapsed = time.perf_counter() - self.t0
         self.end = self._snapshot()
 
-    def fill(self, sample: Sample, quiet: float = 0.3) -> Sample:
+    def fill(self, sample: Sample, quiet: float = 0.3, prefixes: tuple[str, ...] = ()) -> Sample:
         """`sample` with its CPU, RSS and traffic; the traffic once no request has ended for
-        `quiet` s (see `Server.settled_stats`)."""
+        `quiet` s, and with `prefixes` only that of the workload's own keys, other keys'
+        apart (see `Server.settled_stats`)."""
         cpu = {k: self.end[k] - self.start[k] for k in self.start}
         if self.daemon is None:
             del cpu["daemon"]
@@ -102,7 +103,7 @@ class Meter:
         ours = sum(v for k, v in cpu.items() if k not in NOT_PROCESSES)
         cpu["others"] = max(0.0, cpu["machine_busy"] - ours)
         sample.cpu = cpu
-        sample.server, settle = self.server.settled_stats(quiet=quiet)
+        sample.server, settle = self.server.settled_stats(quiet=quiet, prefixes=prefixes)
         if settle > quiet + 1.0:  # traffic went on after the workload: say so beside it
             sample.extra["traffic_settle_s"] = round(settle, 2)
         return sample

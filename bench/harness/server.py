@@ -14,6 +14,7 @@ import os
 import ssl
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -121,8 +122,16 @@ class Server:
         finally:
             self.set_latency(saved)
 
-    def stats(self, reset: bool = False) -> dict[str, dict[str, int]]:
-        result: dict[str, dict[str, int]] = self._call("GET", "stats?reset=1" if reset else "stats")
+    def stats(
+        self, reset: bool = False, prefixes: tuple[str, ...] = ()
+    ) -> dict[str, dict[str, int]]:
+        """Requests and bytes by kind; with `prefixes`, other keys' requests only as
+        `"elsewhere"` (`S3TestServer.stats_summary`)."""
+        params = {"reset": "1"} if reset else {}
+        if prefixes:
+            params["prefixes"] = ",".join(prefixes)
+        query = urllib.parse.urlencode(params)
+        result: dict[str, dict[str, int]] = self._call("GET", f"stats?{query}")
         return result
 
     def reset(self) -> None:
@@ -134,16 +143,19 @@ class Server:
         max_wait: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        prefixes: tuple[str, ...] = (),
     ) -> tuple[dict[str, dict[str, int]], float]:
         """The stats once no request has ended for `quiet` s (at most `max_wait` s), and how
         long that took. A workload's traffic does not end with it: read-ahead still in flight
         when a time-limited pass stops, or a peer's upload after `close`, would otherwise be
-        counted in the next workload's numbers."""
+        counted in the next workload's numbers. With `prefixes` (the workload's keys), only
+        requests for them, or for no key, are the workload's, and only they must go quiet;
+        the rest is `"elsewhere"` (a peer still uploading an earlier workload's files)."""
         start = clock()
-        stats = self.stats()
+        stats = self.stats(prefixes=prefixes)
         while clock() - start < max_wait:
             sleep(quiet)
-            later = self.stats()
+            later = self.stats(prefixes=prefixes)
             if later.get("total") == stats.get("total"):
                 break
             stats = later

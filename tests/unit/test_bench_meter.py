@@ -24,7 +24,9 @@ class _Server:
     def stats(self) -> dict[str, dict[str, int]]:
         return {}
 
-    def settled_stats(self, quiet: float = 0.5) -> tuple[dict[str, dict[str, int]], float]:
+    def settled_stats(
+        self, quiet: float = 0.5, prefixes: tuple[str, ...] = ()
+    ) -> tuple[dict[str, dict[str, int]], float]:
         return {}, 0.0
 
 
@@ -73,7 +75,8 @@ def _settling_server(totals: list[int]) -> tuple[Any, list[float]]:
     readings = iter(totals)
     last = [totals[0]]
 
-    def stats() -> dict[str, dict[str, int]]:
+    def stats(reset: bool = False, prefixes: tuple[str, ...] = ()) -> dict[str, dict[str, int]]:
+        server.asked_prefixes = prefixes
         last[0] = next(readings, last[0])
         return {"total": {"requests": last[0], "bytes": 0, "received": 0}}
 
@@ -107,7 +110,9 @@ def test_traffic_that_never_stops_is_read_after_the_longest_wait() -> None:
 
 def test_a_settle_over_a_second_is_recorded_beside_the_traffic() -> None:
     class Slow(_Server):
-        def settled_stats(self, quiet: float = 0.5) -> tuple[dict[str, dict[str, int]], float]:
+        def settled_stats(
+            self, quiet: float = 0.5, prefixes: tuple[str, ...] = ()
+        ) -> tuple[dict[str, dict[str, int]], float]:
             return {"total": {"requests": 3}}, 2.5
 
     m: Any = Meter(Slow(), None)  # type: ignore[arg-type]
@@ -116,3 +121,32 @@ def test_a_settle_over_a_second_is_recorded_beside_the_traffic() -> None:
     sample = m.fill(Sample())
     assert sample.server == {"total": {"requests": 3}}
     assert sample.extra["traffic_settle_s"] == 2.5
+
+
+def test_a_workload_counts_only_its_own_keys_when_it_names_them() -> None:
+    """The prefixes a write workload names reach the server's stats at every reading, and
+    through the meter: what another key's late upload costs is reported apart."""
+    server, now = _settling_server([5, 5])
+    server.settled_stats(
+        quiet=0.3,
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+        clock=lambda: now[0],
+        prefixes=("c-run/",),
+    )
+    assert server.asked_prefixes == ("c-run/",)
+
+    asked: list[tuple[str, ...]] = []
+
+    class Named(_Server):
+        def settled_stats(
+            self, quiet: float = 0.5, prefixes: tuple[str, ...] = ()
+        ) -> tuple[dict[str, dict[str, int]], float]:
+            asked.append(prefixes)
+            return {"total": {"requests": 1}, "elsewhere": {"requests": 9}}, 0.3
+
+    m: Any = Meter(Named(), None)  # type: ignore[arg-type]
+    with m:
+        pass
+    sample = m.fill(Sample(), prefixes=("w-run/ckpt.bin",))
+    assert asked == [("w-run/ckpt.bin",)]
+    assert sample.server["elsewhere"] == {"requests": 9}

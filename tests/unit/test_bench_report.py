@@ -195,3 +195,16 @@ def test_the_reported_run_renders_with_the_targets_it_recorded() -> None:
         again = recomputed[saved["target"]]
         assert (again["value"], again["met"]) == (saved["value"], saved["met"])
         assert saved["target"] in text
+
+
+def test_traffic_of_other_keys_is_shown_apart_from_the_workloads_own() -> None:
+    """A peer's late uploads of an earlier workload's file are counted "elsewhere" by the
+    server; the cell says so instead of adding them to the workload's numbers."""
+    own = {"total": {"requests": 1000, "bytes": 0, "received": 62 * report.MiB}}
+    row = {"sample": {"server": own}}
+    assert report.traffic(row) == " (1000 req, 0 MiB, 62 MiB up)"
+    late = {"requests": 64, "bytes": 0, "received": 2048 * report.MiB}
+    row = {"sample": {"server": {**own, "elsewhere": late}}}
+    assert report.traffic(row) == (
+        " (1000 req, 0 MiB, 62 MiB up; other keys meanwhile: 64 req, 2048 MiB up)"
+    )

@@ -29,7 +29,8 @@ moto's) but, in-process:
 - serves HTTPS when given a certificate and key (`tls=(cert, key)`, `--tls CERT KEY`), as
   real S3 endpoints do;
 - can be driven from another process (benchmarks run it in its own, off the clients' GIL):
-  `GET /_wsfuse/stats[?reset=1]` answers requests and bytes by kind as JSON,
+  `GET /_wsfuse/stats[?reset=1][&prefixes=a/,b/]` answers requests and bytes by kind as
+  JSON (with `prefixes`, other keys' requests apart, as `"elsewhere"`),
   `POST /_wsfuse/reset` resets them, `POST /_wsfuse/latency?ms=20` sets the latency
   (bucket names cannot contain `_`: no S3 request is ever taken for these, nor counted);
 - fixes three moto deviations from S3 that the backend contract meets: a part upload to an
@@ -60,7 +61,7 @@ import socket
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -316,13 +317,22 @@ class S3TestServer(EmulatesLatency):
         with self._lock:
             self._entries.clear()
 
-    def stats_summary(self, *, reset: bool = False) -> dict[str, dict[str, int]]:
+    def stats_summary(
+        self, *, reset: bool = False, prefixes: Sequence[str] = ()
+    ) -> dict[str, dict[str, int]]:
         """Requests and response body bytes by kind (and `"total"`), as JSON-ready numbers;
-        with `reset`, the counters restart at once (atomically with the reading)."""
+        with `reset`, the counters restart at once (atomically with the reading).
+
+        With `prefixes`, requests for an object whose key starts with none of them are
+        summed apart, in `"elsewhere"` (only if there are any), and left out of the kinds and
+        the total: a benchmark's workload then counts its own keys' traffic, not a client's
+        late uploads of an earlier workload's files. Requests without a key (LIST, bucket
+        calls) count as the workload's."""
         summary: dict[str, dict[str, int]] = {"total": {"requests": 0, "bytes": 0, "received": 0}}
         with self._lock:
             for e in self._entries:
-                for name in (e.kind, "total"):
+                mine = not prefixes or e.key is None or e.key.startswith(tuple(prefixes))
+                for name in (e.kind, "total") if mine else ("elsewhere",):
                     row = summary.setdefault(name, {"requests": 0, "bytes": 0, "received": 0})
                     row["requests"] += 1
                     row["bytes"] += e.bytes_sent
@@ -437,13 +447,17 @@ class S3TestServer(EmulatesLatency):
         self, method: str, action: str, query: dict[str, str], start_response: StartResponse
     ) -> list[bytes]:
         """The harness's control path, for a server in another process (not counted, no
-        latency): `GET /_wsfuse/stats` (`?reset=1` resets after reading), `POST
+        latency): `GET /_wsfuse/stats` (`?reset=1` resets after reading, `prefixes=a/,b/`
+        counts other keys apart: `stats_summary`), `POST
         /_wsfuse/reset`, `POST /_wsfuse/latency?ms=20`. S3 bucket names cannot contain `_`,
         so no S3 request is ever taken for one of these."""
         status = "200 OK"
         payload: object = None
         if action == "stats" and method == "GET":
-            payload = self.stats_summary(reset=query.get("reset") in ("1", "true"))
+            prefixes = [p for p in query.get("prefixes", "").split(",") if p]
+            payload = self.stats_summary(
+                reset=query.get("reset") in ("1", "true"), prefixes=prefixes
+            )
         elif action == "reset" and method == "POST":
             self.reset_stats()
             payload = {}
