@@ -594,3 +594,33 @@ def test_traffic_can_be_split_by_key_prefix(server: S3TestServer, client: Any, b
     with urllib.request.urlopen(url, timeout=10) as answer:
         assert json.load(answer) == split
     assert server.stats == {}  # reset after reading
+
+
+def test_the_benchmark_reads_split_traffic_through_the_control_path(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    """bench/harness/server.py's `stats` (what `bench/run` calls for every workload) asks
+    the server for several prefixes at once and resets with the same call; the query it
+    builds (url-encoded, comma-joined) reaches the server intact."""
+    from pathlib import Path
+
+    from bench.harness.server import Server as BenchServer
+
+    bench = BenchServer(Path("/nonexistent.log"))
+    bench.url = server.endpoint_url
+    server.reset_stats()
+    for key in ("w-run/ckpt.bin", "r-run/ckpt-final.bin", "c-run/0001"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x" * 10)
+    assert bench.stats() == server.stats_summary()
+    one = bench.stats(prefixes=("r-run",))
+    assert one["total"]["requests"] == 1
+    assert one["elsewhere"]["requests"] == 2
+    two = bench.stats(reset=True, prefixes=("c-run", "w-run/ckpt.bin"))
+    assert two["total"]["requests"] == 2
+    assert two["elsewhere"]["requests"] == 1
+    assert server.stats == {}  # reset by the same call
+    for wrong in ("r-run", ("a,b",)):
+        with pytest.raises(ValueError):
+            bench.stats(prefixes=wrong)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        server.stats_summary(prefixes="r-run")

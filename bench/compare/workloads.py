@@ -167,29 +167,33 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
         k: [] for k in ("close", "bucket", "rn_close", "rn_bucket", "cr", "crl")
     }
     # Names unique to this round: a peer that uploads late (rclone's write-back) can leave an
-    # object behind that would make the next round's mkdir fail.
+    # object behind that would make the next round's mkdir fail. Each workload has its own
+    # directory, and its traffic is that of the keys starting with that directory's name (its
+    # marker and HEADs of the directory included; no later round's name extends an earlier
+    # one's while that one is measured): another workload's late uploads show apart.
     run = f"{spec.name}-{ctx.latency:g}ms-{round_no}"
     cache = ctx.fresh(f"cache-{spec.name}")
     try:
         m = _mount(ctx, spec, cache)
         try:
             key = f"w-{run}/ckpt.bin"
-            os.mkdir(m.path / key.split("/")[0])
+            os.mkdir(m.path / f"w-{run}")
             # until close, and until the object is in the bucket, in one pass
             s = ctx.measure(
                 f"{spec.name} write 1 GiB",
                 partial(_write_and_wait, m, poller, key, size, ctx.workload_timeout()),
                 mount=m,
                 quiet=WRITE_QUIET,
-                prefixes=(key,),
+                prefixes=(f"w-{run}",),
             )
             res["close"].append((size / s.extra["close_s"] / 1e6, s))
             res["bucket"].append((s.mbps, s))
             with ctx.server.no_latency():
                 ctx.client.delete_object(Bucket=BUCKET, Key=key)
             if round_no < ctx.args.repeat:
-                tmp = f"w-{run}/ckpt.tmp"
-                final = f"w-{run}/ckpt-final.bin"
+                tmp = f"r-{run}/ckpt.tmp"
+                final = f"r-{run}/ckpt-final.bin"
+                os.mkdir(m.path / f"r-{run}")
                 s = ctx.measure(
                     f"{spec.name} write 1 GiB + rename",
                     partial(
@@ -197,12 +201,13 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     ),
                     mount=m,
                     quiet=WRITE_QUIET,
-                    prefixes=(tmp, final),
+                    prefixes=(f"r-{run}",),
                 )
                 res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
                 res["rn_bucket"].append((s.mbps, s))
                 with ctx.server.no_latency():
-                    delete_prefix(ctx.client, key.split("/")[0] + "/")
+                    delete_prefix(ctx.client, f"r-{run}/")
+                    ctx.client.delete_object(Bucket=BUCKET, Key=f"r-{run}/")
                 d = f"c-{run}"
                 os.mkdir(m.path / d)
                 s = ctx.measure(
@@ -210,7 +215,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     partial(_create_and_wait, ctx, m, poller, d),
                     mount=m,
                     quiet=WRITE_QUIET,
-                    prefixes=(d + "/",),
+                    prefixes=(d,),
                 )
                 res["cr"].append((s.ops / s.extra["close_s"], s))
                 if s.extra["listed"]:
@@ -224,13 +229,14 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                     delete_prefix(ctx.client, d + "/")
                     ctx.client.delete_object(Bucket=BUCKET, Key=d + "/")
             with ctx.server.no_latency():
-                ctx.client.delete_object(Bucket=BUCKET, Key=key.split("/")[0] + "/")
+                delete_prefix(ctx.client, f"w-{run}/")
+                ctx.client.delete_object(Bucket=BUCKET, Key=f"w-{run}/")
         finally:
             ctx.release(m)
     finally:
         try:
             with ctx.server.no_latency():  # what a peer uploaded after the deletes above
-                for prefix in (f"w-{run}/", f"c-{run}/"):
+                for prefix in (f"w-{run}/", f"r-{run}/", f"c-{run}/"):
                     delete_prefix(ctx.client, prefix)
         except Exception as exc:  # never hide the workload's own error
             log(f"cleaning up {run}: {exc}")

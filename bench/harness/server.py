@@ -2,8 +2,9 @@
 
 Its own process so that it does not share a GIL with the clients being measured; it keeps
 objects in memory and is driven through its admin path (not counted, never delayed):
-`POST /_wsfuse/latency?ms=N` (emulated time-to-first-byte), `GET /_wsfuse/stats[?reset=1]`
-(requests and response bytes by kind), `POST /_wsfuse/reset`.
+`POST /_wsfuse/latency?ms=N` (emulated time-to-first-byte), `GET /_wsfuse/stats` (requests
+and response bytes by kind; `reset=1` resets after reading, `prefixes=a/,b/` counts other
+keys' requests apart), `POST /_wsfuse/reset`.
 """
 
 from __future__ import annotations
@@ -126,7 +127,9 @@ class Server:
         self, reset: bool = False, prefixes: tuple[str, ...] = ()
     ) -> dict[str, dict[str, int]]:
         """Requests and bytes by kind; with `prefixes`, other keys' requests only as
-        `"elsewhere"` (`S3TestServer.stats_summary`)."""
+        `"elsewhere"` (`S3TestServer.stats_summary`; no prefix may contain a comma)."""
+        if isinstance(prefixes, str) or any("," in p for p in prefixes):
+            raise ValueError(f"key prefixes without commas, in a tuple: {prefixes!r}")
         params = {"reset": "1"} if reset else {}
         if prefixes:
             params["prefixes"] = ",".join(prefixes)

@@ -75,8 +75,10 @@ def _settling_server(totals: list[int]) -> tuple[Any, list[float]]:
     readings = iter(totals)
     last = [totals[0]]
 
+    server.asked_prefixes = []
+
     def stats(reset: bool = False, prefixes: tuple[str, ...] = ()) -> dict[str, dict[str, int]]:
-        server.asked_prefixes = prefixes
+        server.asked_prefixes.append(prefixes)
         last[0] = next(readings, last[0])
         return {"total": {"requests": last[0], "bytes": 0, "received": 0}}
 
@@ -126,14 +128,15 @@ def test_a_settle_over_a_second_is_recorded_beside_the_traffic() -> None:
 def test_a_workload_counts_only_its_own_keys_when_it_names_them() -> None:
     """The prefixes a write workload names reach the server's stats at every reading, and
     through the meter: what another key's late upload costs is reported apart."""
-    server, now = _settling_server([5, 5])
-    server.settled_stats(
+    server, now = _settling_server([5, 6, 8, 8])
+    stats, _ = server.settled_stats(
         quiet=0.3,
         sleep=lambda s: now.__setitem__(0, now[0] + s),
         clock=lambda: now[0],
-        prefixes=("c-run/",),
+        prefixes=("c-run",),
     )
-    assert server.asked_prefixes == ("c-run/",)
+    assert stats["total"]["requests"] == 8
+    assert server.asked_prefixes == [("c-run",)] * 4
 
     asked: list[tuple[str, ...]] = []
 

@@ -208,3 +208,9 @@ def test_traffic_of_other_keys_is_shown_apart_from_the_workloads_own() -> None:
     assert report.traffic(row) == (
         " (1000 req, 0 MiB, 62 MiB up; other keys meanwhile: 64 req, 2048 MiB up)"
     )
+    # another key's read-ahead shows as downloaded MiB; a few bytes of answers do not
+    late = {"requests": 5, "bytes": 24 * report.MiB, "received": 0}
+    row = {"sample": {"server": {**own, "elsewhere": late}}}
+    assert report.traffic(row).endswith("; other keys meanwhile: 5 req, 24 MiB)")
+    row = {"sample": {"server": {**own, "elsewhere": {"requests": 2, "bytes": 300}}}}
+    assert report.traffic(row).endswith("; other keys meanwhile: 2 req)")

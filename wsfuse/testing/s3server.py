@@ -29,8 +29,9 @@ moto's) but, in-process:
 - serves HTTPS when given a certificate and key (`tls=(cert, key)`, `--tls CERT KEY`), as
   real S3 endpoints do;
 - can be driven from another process (benchmarks run it in its own, off the clients' GIL):
-  `GET /_wsfuse/stats[?reset=1][&prefixes=a/,b/]` answers requests and bytes by kind as
-  JSON (with `prefixes`, other keys' requests apart, as `"elsewhere"`),
+  `GET /_wsfuse/stats` answers requests and bytes by kind as JSON (query `reset=1`: reset
+  after reading; `prefixes=a/,b/`, comma-separated: other keys' requests apart, as
+  `"elsewhere"`),
   `POST /_wsfuse/reset` resets them, `POST /_wsfuse/latency?ms=20` sets the latency
   (bucket names cannot contain `_`: no S3 request is ever taken for these, nor counted);
 - fixes three moto deviations from S3 that the backend contract meets: a part upload to an
@@ -328,10 +329,13 @@ class S3TestServer(EmulatesLatency):
         the total: a benchmark's workload then counts its own keys' traffic, not a client's
         late uploads of an earlier workload's files. Requests without a key (LIST, bucket
         calls) count as the workload's."""
+        if isinstance(prefixes, str):  # one prefix, not its characters
+            raise TypeError("prefixes is a sequence of key prefixes, not a string")
+        own = tuple(prefixes)
         summary: dict[str, dict[str, int]] = {"total": {"requests": 0, "bytes": 0, "received": 0}}
         with self._lock:
             for e in self._entries:
-                mine = not prefixes or e.key is None or e.key.startswith(tuple(prefixes))
+                mine = not own or e.key is None or e.key.startswith(own)
                 for name in (e.kind, "total") if mine else ("elsewhere",):
                     row = summary.setdefault(name, {"requests": 0, "bytes": 0, "received": 0})
                     row["requests"] += 1
