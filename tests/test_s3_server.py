@@ -624,3 +624,34 @@ def test_the_benchmark_reads_split_traffic_through_the_control_path(
             bench.stats(prefixes=wrong)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         server.stats_summary(prefixes="r-run")
+
+
+def test_the_control_path_sets_the_latency_and_resets_the_counters(
+    server: S3TestServer, client: Any, bucket: str
+) -> None:
+    """What a benchmark in another process uses besides the stats: the latency (set, read
+    back, refused when malformed), the reset, and a clear answer for anything else."""
+
+    def call(method: str, path: str) -> tuple[int, Any]:
+        request = urllib.request.Request(f"{server.endpoint_url}/_wsfuse/{path}", method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.load(answer)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    try:
+        assert call("POST", "latency?ms=20") == (200, {"latency_ms": 20.0})
+        assert server.latency == pytest.approx(0.02)
+        assert call("GET", "latency") == (200, {"latency_ms": 20.0})
+        status, answer = call("POST", "latency?ms=soon")
+        assert status == 400 and "ms=NUMBER" in answer["error"]
+        assert server.latency == pytest.approx(0.02)  # unchanged by the bad request
+    finally:
+        assert call("POST", "latency?ms=0")[0] == 200
+    client.put_object(Bucket=bucket, Key="counted", Body=b"x")
+    assert server.stats != {}
+    assert call("POST", "reset") == (200, {})
+    assert server.stats == {}  # the control path itself is never counted
+    status, answer = call("DELETE", "stats")
+    assert status == 404 and "no admin action" in answer["error"]
