@@ -170,7 +170,8 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
     # object behind that would make the next round's mkdir fail. Each workload has its own
     # directory, and its traffic is that of the keys starting with that directory's name (its
     # marker and HEADs of the directory included; no later round's name extends an earlier
-    # one's while that one is measured): another workload's late uploads show apart.
+    # one's while that one is measured): another workload's late uploads show apart. The
+    # clean-up deletes by the same name: files, the marker `x/` and s3fs's `x_$folder$`.
     run = f"{spec.name}-{ctx.latency:g}ms-{round_no}"
     cache = ctx.fresh(f"cache-{spec.name}")
     try:
@@ -206,8 +207,7 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                 res["rn_close"].append((size / s.extra["close_s"] / 1e6, s))
                 res["rn_bucket"].append((s.mbps, s))
                 with ctx.server.no_latency():
-                    delete_prefix(ctx.client, f"r-{run}/")
-                    ctx.client.delete_object(Bucket=BUCKET, Key=f"r-{run}/")
+                    delete_prefix(ctx.client, f"r-{run}")
                 d = f"c-{run}"
                 os.mkdir(m.path / d)
                 s = ctx.measure(
@@ -226,18 +226,16 @@ def writes(ctx: Ctx, spec: FsSpec, round_no: int) -> None:
                         "the last close (no until-listed rate for this run)"
                     )
                 with ctx.server.no_latency():
-                    delete_prefix(ctx.client, d + "/")
-                    ctx.client.delete_object(Bucket=BUCKET, Key=d + "/")
+                    delete_prefix(ctx.client, d)
             with ctx.server.no_latency():
-                delete_prefix(ctx.client, f"w-{run}/")
-                ctx.client.delete_object(Bucket=BUCKET, Key=f"w-{run}/")
+                delete_prefix(ctx.client, f"w-{run}")
         finally:
             ctx.release(m)
     finally:
         try:
             with ctx.server.no_latency():  # what a peer uploaded after the deletes above
-                for prefix in (f"w-{run}/", f"r-{run}/", f"c-{run}/"):
-                    delete_prefix(ctx.client, prefix)
+                for directory in (f"w-{run}", f"r-{run}", f"c-{run}"):
+                    delete_prefix(ctx.client, directory)
         except Exception as exc:  # never hide the workload's own error
             log(f"cleaning up {run}: {exc}")
         finally:
