@@ -4,6 +4,7 @@ credentials, the error mapping, and multipart copy."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import socket
@@ -236,7 +237,81 @@ def test_direct_requests_are_signed_the_way_s3_checks_them(
         wrong.get_range("plain", 0, 10)
     with pytest.raises(errors.PermissionDenied, match="SignatureDoesNotMatch"):
         wrong.upload_part("dir with space/multi ü", upload, 1, b"x")
+    with pytest.raises(errors.PermissionDenied, match="SignatureDoesNotMatch"):
+        wrong.put("plain", b"x", metadata={"mode": "33188"})
     wrong.close()
+
+
+def test_puts_go_direct_with_metadata_and_conditions(
+    auth_endpoint: AuthServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PUT (every file written through the mount, on close) bypasses boto3's pipeline too:
+    its metadata, checksum and If-Match / If-None-Match headers are signed and honoured by a
+    server that verifies SigV4, and boto3's put_object is never called for it."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", auth_endpoint.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", auth_endpoint.secret_key)
+    backend = S3Backend("authbucket", BackendOptions(endpoint_url=auth_endpoint.url))
+    try:
+        assert backend._direct is not None
+
+        def no_boto3(**kwargs: Any) -> Any:
+            raise AssertionError(f"boto3 put_object called for {kwargs['Key']!r}")
+
+        monkeypatch.setattr(backend._client, "put_object", no_boto3)
+        before = time.time()
+        info = backend.put("d/ü f", b"first", metadata={"Mode": "33188", "uid": "0"})
+        assert info.size == 5 and info.metadata == {"mode": "33188", "uid": "0"}
+        assert before - 5 <= info.mtime <= time.time() + 5  # the server's Date header
+        head = backend.head("d/ü f")
+        assert (head.etag, head.metadata) == (info.etag, {"mode": "33188", "uid": "0"})
+        with pytest.raises(errors.PreconditionFailed):
+            backend.put("d/ü f", b"second", if_none_match=True)
+        with pytest.raises(errors.PreconditionFailed):
+            backend.put("d/ü f", b"second", if_match="0" * 32)
+        second = backend.put("d/ü f", b"second", if_match=info.etag)
+        assert backend.get_range("d/ü f", 0, 10) == b"second"
+        assert backend.put("new", b"x", if_none_match=True).etag != second.etag
+    finally:
+        backend.close()
+
+
+def test_a_put_with_metadata_a_header_cannot_carry_goes_through_boto3(
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata that is not printable ASCII (which S3 would refuse or mangle in a header):
+    the direct path leaves the request to boto3, which reports it as it always has."""
+    assert s3._direct is not None
+    calls: list[str] = []
+    original = s3._client.put_object
+
+    def counting(**kwargs: Any) -> Any:
+        calls.append(kwargs["Key"])
+        return original(**kwargs)
+
+    monkeypatch.setattr(s3._client, "put_object", counting)
+    s3.put("plain", b"x", metadata={"mode": "33188"})
+    assert calls == []
+    # whatever boto3 (or the server) makes of it is not the direct path's business
+    with contextlib.suppress(errors.BackendError):
+        s3.put("odd", b"x", metadata={"note": "line\nbreak"})
+    assert calls == ["odd"]
+
+
+def test_a_wrong_region_answer_to_a_put_hands_it_to_boto3(
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert s3._direct is not None
+
+    def redirected(*args: Any, **kwargs: Any) -> Any:
+        raise ClientError(
+            {"Error": {"Code": "PermanentRedirect", "Message": "use the other endpoint"}},
+            "PutObject",
+        )
+
+    monkeypatch.setattr(s3._direct, "put", redirected)
+    info = s3.put("k", b"0123456789", metadata={"mode": "33188"})
+    assert s3._direct is None
+    assert s3.head("k").etag == info.etag and s3.get_range("k", 0, 3) == b"012"
 
 
 def test_a_wrong_region_answer_hands_the_direct_path_back_to_boto3(

@@ -50,10 +50,11 @@ from wsfuse.backends.s3copy import (
     ServerSideCopy,
     copy_part_size,
 )
-from wsfuse.backends.s3direct import DirectS3
+from wsfuse.backends.s3direct import DirectS3, put_headers
 from wsfuse.backends.s3wire import (
     WRONG_REGION,
     bare_etag,
+    http_time,
     is_range_error,
     map_error,
     object_info,
@@ -349,27 +350,33 @@ class S3Backend(ServerSideCopy):
         if_none_match: bool = False,
     ) -> ObjectInfo:
         meta = user_metadata(metadata)
-        kwargs: dict[str, Any] = {
-            "Bucket": self.bucket,
-            "Key": key,
-            "Body": data,
-            "Metadata": meta,
-        }
-        if self._checksums:
-            kwargs["ChecksumCRC32C"] = _crc32c(data)
-        if if_match is not None:
-            kwargs["IfMatch"] = quoted_etag(if_match)
-        if if_none_match:
-            kwargs["IfNoneMatch"] = "*"
+        checksum = _crc32c(data) if self._checksums else ""
+        match = quoted_etag(if_match) if if_match is not None else None
+        headers = put_headers(meta, checksum, match, if_none_match)
         with self._mapped("put", key):
-            resp = self._client.put_object(**kwargs)
-        return ObjectInfo(
-            key=key,
-            size=len(data),
-            etag=bare_etag(resp["ETag"]),
-            mtime=response_time(resp),
-            metadata=meta,
-        )
+            direct = (
+                self._direct_for(key, lambda d: d.put(key, data, headers))
+                if headers is not None
+                else None
+            )
+            if direct is not None:
+                etag, mtime = direct[0], http_time(direct[1])
+            else:
+                kwargs: dict[str, Any] = {
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "Body": data,
+                    "Metadata": meta,
+                }
+                if checksum:
+                    kwargs["ChecksumCRC32C"] = checksum
+                if match is not None:
+                    kwargs["IfMatch"] = match
+                if if_none_match:
+                    kwargs["IfNoneMatch"] = "*"
+                resp = self._client.put_object(**kwargs)
+                etag, mtime = resp["ETag"], response_time(resp)
+        return ObjectInfo(key=key, size=len(data), etag=bare_etag(etag), mtime=mtime, metadata=meta)
 
     def create_multipart(self, key: str, *, metadata: Mapping[str, str] | None = None) -> str:
         return self._create_multipart(key, metadata, checksums=self._checksums)

@@ -1,4 +1,4 @@
-"""Ranged GETs and part uploads without botocore's client pipeline: the hot requests.
+"""Ranged GETs, part uploads and PUTs without botocore's client pipeline: the hot requests.
 
 A `get_object` call through boto3 spends ~2.3 ms of client CPU on a 128 KiB object
 (measured here: parameter validation, endpoint rules, a dozen event hooks, response-header
@@ -16,12 +16,14 @@ exceptions or as a `ClientError` built from S3's XML error body, so `s3wire.map_
 paths the same way. The base URL (virtual-hosted or path style, region) is taken from a
 presigned URL the client builds once, so addressing follows botocore's rules exactly.
 
-Part uploads go the same way for a different reason: boto3 turns a `bytes` body into a file
-object, which urllib3 sends in 16 KiB `sendall` calls (512 per 8 MiB part); sent directly it
-is one call. They are signed with UNSIGNED-PAYLOAD and carry their CRC32C, as in `s3.py`.
+Part uploads and PUTs go the same way. boto3 turns a `bytes` body into a file object, which
+urllib3 sends in 16 KiB `sendall` calls (512 per 8 MiB part); sent directly it is one call.
+And a PUT is what every file written through the mount costs when it is closed: writing many
+small files (checkpoint shards, logs) pays the client pipeline once per file. They are
+signed as botocore signs them (UNSIGNED-PAYLOAD with their CRC32C, as in `s3.py`).
 
 `DirectS3.create` returns None when any of that is unavailable (no credentials, a changed
-botocore internal); the backend then keeps using `get_object`.
+botocore internal); the backend then keeps using boto3's calls.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import logging
 import re
 import ssl
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -199,26 +201,63 @@ class DirectS3:
         (boto3 wraps a body in a file object that urllib3 sends 16 KiB at a time); returns
         the part's ETag as S3 sent it."""
         query = f"?partNumber={number}&uploadId={quote(upload_id, safe='')}"
+        headers = {"x-amz-checksum-crc32c": checksum} if checksum else {}
+        etag, _date = self._put(key, query, data, headers, "UploadPart")
+        return etag
+
+    def put(self, key: str, data: bytes, headers: Mapping[str, str]) -> tuple[str, str | None]:
+        """PutObject of `data` with `headers` (`put_headers`: metadata, checksum, conditions);
+        returns the ETag as S3 sent it and the response's Date header (None if absent).
+        Writing many small files is this request once per file: without boto3's pipeline
+        it costs ~1 ms less client CPU each."""
+        return self._put(key, "", data, headers, "PutObject")
+
+    def _put(
+        self, key: str, query: str, data: bytes, headers: Mapping[str, str], operation: str
+    ) -> tuple[str, str | None]:
         request = AWSRequest(
             method="PUT",
             url=self._base_url + quote(key, safe="/~") + query,
             data=data,
-            headers={"Content-Length": str(len(data))},
+            headers={"Content-Length": str(len(data)), **headers},
         )
-        if checksum:
-            request.headers["x-amz-checksum-crc32c"] = checksum
         self._sign(request)
         response = self._http.send(request.prepare())
         status = int(response.status_code)
         if status >= 300:
-            raise _client_error(status, response.content, "UploadPart")
+            raise _client_error(status, response.content, operation)
         etag = response.headers.get("ETag")
         if not etag:
             raise botocore.exceptions.ClientError(
-                {"Error": {"Code": "NoETag", "Message": "UploadPart answered without an ETag"}},
-                "UploadPart",
+                {"Error": {"Code": "NoETag", "Message": f"{operation} answered without an ETag"}},
+                operation,
             )
-        return str(etag)
+        date = response.headers.get("Date")
+        return str(etag), str(date) if date else None
+
+
+def put_headers(
+    metadata: Mapping[str, str], checksum: str, if_match: str | None, if_none_match: bool
+) -> dict[str, str] | None:
+    """The PutObject headers boto3 would send for these arguments (`if_match` quoted), or
+    None when a metadata name or value is not plain printable ASCII: boto3 then sends it as
+    it does (and S3 answers what it answers)."""
+    headers: dict[str, str] = {}
+    for name, value in metadata.items():
+        if not (_header_safe(name) and _header_safe(value)) or not name:
+            return None
+        headers[f"x-amz-meta-{name}"] = value
+    if checksum:
+        headers["x-amz-checksum-crc32c"] = checksum
+    if if_match is not None:
+        headers["If-Match"] = if_match
+    if if_none_match:
+        headers["If-None-Match"] = "*"
+    return headers
+
+
+def _header_safe(text: str) -> bool:
+    return text.isascii() and text.isprintable() and text == text.strip()
 
 
 def _plain_http_for(url: Any, config: Any, http_session: Any) -> PlainHttp | None:

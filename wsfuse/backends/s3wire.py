@@ -213,7 +213,11 @@ def timestamp(value: datetime) -> float:
 
 def response_time(response: Mapping[str, Any]) -> float:
     """The server's Date header of a response (S3 sets Last-Modified to the request time)."""
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    return http_time(response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date"))
+
+
+def http_time(date: str | None) -> float:
+    """Epoch seconds of an HTTP Date header; now if it is missing or unreadable."""
     if date:
         with contextlib.suppress(TypeError, ValueError):
             return email.utils.parsedate_to_datetime(date).timestamp()
