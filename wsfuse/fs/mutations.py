@@ -7,6 +7,7 @@ call it where a name change moves, truncates or removes data that is being writt
 
 from __future__ import annotations
 
+import bisect
 import errno
 import logging
 import os
@@ -73,9 +74,7 @@ class Mutations:
         parent = node.path.rpartition("/")[0]
         listing = self.listings.get(parent)
         if listing is not None:
-            entries = dict(listing.by_name)
-            entries[entry.name] = entry
-            self.listings[parent] = _rebuilt(listing, entries)
+            self.listings[parent] = _with_entry(listing, entry)
         self._drop_persisted_listing(parent)
         self.negative.pop(node.path, None)
 
@@ -83,9 +82,7 @@ class Mutations:
         parent, _, name = path.rpartition("/")
         listing = self.listings.get(parent)
         if listing is not None and name in listing.by_name:
-            entries = dict(listing.by_name)
-            del entries[name]
-            self.listings[parent] = _rebuilt(listing, entries)
+            self.listings[parent] = _without_entry(listing, name)
         self._drop_persisted_listing(parent)
         self.negative[path] = self.clock()
 
@@ -507,8 +504,30 @@ class Mutations:
         self._listing_put(node, Entry(name, node.is_dir, node.size, node.etag, node.mtime))
 
 
-def _rebuilt(listing: Listing, entries: dict[str, Entry]) -> Listing:
-    ordered = tuple(entries[k] for k in sorted(entries))
-    return Listing(
-        ordered, dict(entries), listing.hidden, listing.fetched_at, marker=listing.marker
-    )
+def _with_entry(listing: Listing, entry: Entry) -> Listing:
+    """`listing` with `entry` added (or replacing the one of its name). A binary search and
+    one copy of the tuple instead of a re-sort: a directory that gains its files one create
+    at a time re-sorted all of them on every create (~1.5 ms each at 10,000 files)."""
+    entries = listing.entries
+    i = bisect.bisect_left(entries, entry.name, key=_name)
+    after = i + 1 if i < len(entries) and entries[i].name == entry.name else i
+    by_name = dict(listing.by_name)
+    by_name[entry.name] = entry
+    return _replaced(listing, (*entries[:i], entry, *entries[after:]), by_name)
+
+
+def _without_entry(listing: Listing, name: str) -> Listing:
+    """`listing` without the entry `name` (which it has)."""
+    entries = listing.entries
+    i = bisect.bisect_left(entries, name, key=_name)
+    by_name = dict(listing.by_name)
+    del by_name[name]
+    return _replaced(listing, (*entries[:i], *entries[i + 1 :]), by_name)
+
+
+def _replaced(listing: Listing, entries: tuple[Entry, ...], by_name: dict[str, Entry]) -> Listing:
+    return Listing(entries, by_name, listing.hidden, listing.fetched_at, marker=listing.marker)
+
+
+def _name(entry: Entry) -> str:
+    return entry.name
