@@ -31,6 +31,7 @@ from wsfuse.backends.httpbody import BlockBody
 from wsfuse.backends.options import BackendOptions
 from wsfuse.backends.retry import RetryingBackend, RetryPolicy
 from wsfuse.backends.s3 import PARALLEL_COPY_ABOVE, S3Backend, copy_part_size, map_error
+from wsfuse.backends.s3direct import EXPECT_CONTINUE_FROM
 from wsfuse.testing.ramp import ramp
 from wsfuse.testing.s3server import S3TestServer
 
@@ -239,6 +240,8 @@ def test_direct_requests_are_signed_the_way_s3_checks_them(
         wrong.upload_part("dir with space/multi ü", upload, 1, b"x")
     with pytest.raises(errors.PermissionDenied, match="SignatureDoesNotMatch"):
         wrong.put("plain", b"x", metadata={"mode": "33188"})
+    with pytest.raises(errors.PermissionDenied, match="SignatureDoesNotMatch"):
+        wrong.put("plain", ramp("big", 0, 6 * 1024 * 1024))  # more than a socket buffer
     wrong.close()
 
 
@@ -258,8 +261,22 @@ def test_puts_go_direct_with_metadata_and_conditions(
             raise AssertionError(f"boto3 put_object called for {kwargs['Key']!r}")
 
         monkeypatch.setattr(backend._client, "put_object", no_boto3)
+        sent: list[dict[str, str]] = []
+        send = backend._direct._http.send
+
+        def recording(request: Any) -> Any:
+            sent.append({k.lower(): str(v) for k, v in request.headers.items()})
+            return send(request)
+
+        monkeypatch.setattr(backend._direct._http, "send", recording)
         before = time.time()
         info = backend.put("d/ü f", b"first", metadata={"Mode": "33188", "uid": "0"})
+        assert (sent[-1]["x-amz-meta-mode"], sent[-1]["x-amz-meta-uid"]) == ("33188", "0")
+        assert "x-amz-checksum-crc32c" in sent[-1]
+        assert "expect" not in sent[-1]  # a small body goes at once
+        backend.put("large", ramp("large", 0, EXPECT_CONTINUE_FROM))
+        assert sent[-1]["expect"] == "100-continue"  # as boto3 asks before a body
+        assert backend.get_range("large", 7, 9) == ramp("large", 7, 9)
         assert info.size == 5 and info.metadata == {"mode": "33188", "uid": "0"}
         assert before - 5 <= info.mtime <= time.time() + 5  # the server's Date header
         head = backend.head("d/ü f")
@@ -294,23 +311,30 @@ def test_a_put_with_metadata_a_header_cannot_carry_goes_through_boto3(
     # whatever boto3 (or the server) makes of it is not the direct path's business
     with contextlib.suppress(errors.BackendError):
         s3.put("odd", b"x", metadata={"note": "line\nbreak"})
-    assert calls == ["odd"]
+    with contextlib.suppress(errors.BackendError):
+        s3.put("odd name", b"x", metadata={"a:b": "1"})  # not an HTTP token
+    assert calls == ["odd", "odd name"]
+    s3.put("empty", b"", metadata={"note": ""})  # an empty body or value is fine either way
+    assert calls == ["odd", "odd name"] and s3.get_range("empty", 0, 1) == b""
 
 
+@pytest.mark.parametrize("code", ["PermanentRedirect", "TemporaryRedirect", "307"])
 def test_a_wrong_region_answer_to_a_put_hands_it_to_boto3(
-    s3: S3Backend, monkeypatch: pytest.MonkeyPatch
+    s3: S3Backend, monkeypatch: pytest.MonkeyPatch, code: str
 ) -> None:
+    """boto3 follows S3's redirects (301, and 307 for a new bucket reached through the
+    global endpoint); the direct path hands the request, and all later ones, to it."""
     assert s3._direct is not None
 
     def redirected(*args: Any, **kwargs: Any) -> Any:
         raise ClientError(
-            {"Error": {"Code": "PermanentRedirect", "Message": "use the other endpoint"}},
-            "PutObject",
+            {"Error": {"Code": code, "Message": "use the other endpoint"}}, "PutObject"
         )
 
     monkeypatch.setattr(s3._direct, "put", redirected)
     info = s3.put("k", b"0123456789", metadata={"mode": "33188"})
     assert s3._direct is None
+    assert s3.head("k").metadata == {"mode": "33188"}
     assert s3.head("k").etag == info.etag and s3.get_range("k", 0, 3) == b"012"
 
 

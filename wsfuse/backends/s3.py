@@ -7,8 +7,8 @@ checksums that recent botocore adds by default are off too ("when_required"): TC
 already protect the bytes, and hashing every ranged GET twice costs more CPU than the FUSE
 layer itself.
 
-Ranged GETs and part uploads, the hot requests, skip the client pipeline (`s3direct`: the
-same signer, HTTP session and error mapping, at less CPU per request and per byte).
+Ranged GETs, part uploads and PUTs, the hot requests, skip the client pipeline (`s3direct`:
+the same signer, HTTP session and error mapping, at less CPU per request and per byte).
 
 Errors are mapped in one function, `map_error` (`s3wire`, with the rest of what S3's answers
 mean in wsfuse's terms); `copy`, a server-side copy that may go in parallel parts, is `s3copy`.
@@ -161,7 +161,8 @@ class S3Backend(ServerSideCopy):
             ) from exc
         self.endpoint = options.endpoint_url or str(self._client.meta.endpoint_url)
         self._checksums = options.upload_checksums == "crc32c"
-        #: ranged GETs and part uploads without the client pipeline (None: boto3 does them)
+        #: ranged GETs, part uploads and PUTs without the client pipeline (None: boto3 does
+        #: them)
         self._direct = DirectS3.create(self._client, session, bucket)
 
     # ------------------------------------------------------------------ plumbing

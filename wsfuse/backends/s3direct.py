@@ -20,7 +20,8 @@ Part uploads and PUTs go the same way. boto3 turns a `bytes` body into a file ob
 urllib3 sends in 16 KiB `sendall` calls (512 per 8 MiB part); sent directly it is one call.
 And a PUT is what every file written through the mount costs when it is closed: writing many
 small files (checkpoint shards, logs) pays the client pipeline once per file. They are
-signed as botocore signs them (UNSIGNED-PAYLOAD with their CRC32C, as in `s3.py`).
+signed as botocore signs them (UNSIGNED-PAYLOAD with their CRC32C, as in `s3.py`) and, like
+boto3's, ask for `100-continue` before a body of 1 MiB or more.
 
 `DirectS3.create` returns None when any of that is unavailable (no credentials, a changed
 botocore internal); the backend then keeps using boto3's calls.
@@ -48,11 +49,13 @@ from wsfuse.backends.plainhttp import PlainHttp
 log = logging.getLogger(__name__)
 
 _PROBE_KEY = "wsfuse-probe-key"
+#: Bodies from this size ask for `100-continue` before they are sent (see `DirectS3._put`).
+EXPECT_CONTINUE_FROM = 1 << 20
 
 
 class DirectS3:
-    """Signed ranged GETs and part uploads of one bucket, sent on the boto3 client's own
-    HTTP session (GETs on `plain` where it applies)."""
+    """Signed ranged GETs, part uploads and PUTs of one bucket, sent on the boto3 client's
+    own HTTP session (GETs on `plain` where it applies)."""
 
     def __init__(
         self,
@@ -221,6 +224,14 @@ class DirectS3:
             data=data,
             headers={"Content-Length": str(len(data)), **headers},
         )
+        if len(data) >= EXPECT_CONTINUE_FROM:
+            # As boto3 asks before every body: the connection (botocore's) waits for the
+            # store's go-ahead, so a refusal that comes before a large body (expired
+            # credentials, another region) arrives as that error, not as a broken pipe. A
+            # small body fits in the socket's buffer whatever the store does, and waiting for
+            # the go-ahead would cost each small file's PUT a round trip (creates of 64 KiB
+            # files at 0 ms ran at 183-232 files/s with it, 215-246 without).
+            request.headers["Expect"] = "100-continue"
         self._sign(request)
         response = self._http.send(request.prepare())
         status = int(response.status_code)
@@ -239,12 +250,13 @@ class DirectS3:
 def put_headers(
     metadata: Mapping[str, str], checksum: str, if_match: str | None, if_none_match: bool
 ) -> dict[str, str] | None:
-    """The PutObject headers boto3 would send for these arguments (`if_match` quoted), or
-    None when a metadata name or value is not plain printable ASCII: boto3 then sends it as
-    it does (and S3 answers what it answers)."""
+    """The PutObject headers for these arguments that decide what is stored (`if_match`
+    quoted): metadata, checksum and conditions, named and valued as boto3 sends them. None
+    when a metadata name is not an HTTP token or a value not plain printable ASCII: boto3
+    then sends it as it does (and S3 answers what it answers)."""
     headers: dict[str, str] = {}
     for name, value in metadata.items():
-        if not (_header_safe(name) and _header_safe(value)) or not name:
+        if not (_TOKEN.fullmatch(name) and _header_safe(value)):
             return None
         headers[f"x-amz-meta-{name}"] = value
     if checksum:
@@ -254,6 +266,10 @@ def put_headers(
     if if_none_match:
         headers["If-None-Match"] = "*"
     return headers
+
+
+#: What an HTTP header name may be made of (RFC 9110 `token`).
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _header_safe(text: str) -> bool:

@@ -68,6 +68,8 @@ WRONG_REGION = frozenset(
     {
         "PermanentRedirect",
         "301",
+        "TemporaryRedirect",  # a new bucket addressed through the global endpoint
+        "307",
         "AuthorizationHeaderMalformed",
         "IllegalLocationConstraintException",
     }

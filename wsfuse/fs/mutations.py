@@ -506,8 +506,8 @@ class Mutations:
 
 def _with_entry(listing: Listing, entry: Entry) -> Listing:
     """`listing` with `entry` added (or replacing the one of its name). A binary search and
-    one copy of the tuple instead of a re-sort: a directory that gains its files one create
-    at a time re-sorted all of them on every create (~1.5 ms each at 10,000 files)."""
+    copies of the tuple and the name map (C loops) instead of a re-sort in Python: a directory
+    that gains its files one create at a time re-sorted all of them on every create."""
     entries = listing.entries
     i = bisect.bisect_left(entries, entry.name, key=_name)
     after = i + 1 if i < len(entries) and entries[i].name == entry.name else i
@@ -522,6 +522,8 @@ def _without_entry(listing: Listing, name: str) -> Listing:
     i = bisect.bisect_left(entries, name, key=_name)
     by_name = dict(listing.by_name)
     del by_name[name]
+    if i == len(entries) or entries[i].name != name:  # never: built in step with `by_name`
+        return _replaced(listing, tuple(by_name[k] for k in sorted(by_name)), by_name)
     return _replaced(listing, (*entries[:i], *entries[i + 1 :]), by_name)
 
 
