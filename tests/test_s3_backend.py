@@ -780,3 +780,20 @@ def test_error_mapping(exc: BaseException, expected: type[errors.BackendError]) 
         assert "AWS_ACCESS_KEY_ID" in str(mapped)
     if expected is errors.Transient and not isinstance(exc, ClientError):
         assert "http://endpoint" in str(mapped)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "says"),
+    [
+        ("PermanentRedirect", 301, "probably in another region"),
+        ("301", 301, "probably in another region"),
+        ("TemporaryRedirect", 307, "redirects requests for now"),
+        ("307", 307, "redirects requests for now"),
+    ],
+)
+def test_a_redirect_boto3_could_not_follow_says_what_to_do(
+    code: str, status: int, says: str
+) -> None:
+    mapped = map_error(client_error(code, status), op="put", bucket="bkt", key="k", endpoint="e")
+    assert type(mapped) is errors.BackendError
+    assert says in str(mapped) and "--region" in str(mapped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import stat
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -561,3 +562,36 @@ async def test_the_staged_set_follows_every_staging_file_and_feeds_listings(
     check()
     assert w.fs.staged == set()
     assert await names() == ["a"]
+
+
+async def test_an_open_while_the_last_release_finishes_keeps_its_pending_record(
+    w: WHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel does not wait for RELEASE: an open for writing can arrive while the last
+    release still copies the file into the cache and removes its staging file in a worker
+    thread. The new staging file's pending record (what a crash would recover) must survive
+    that release, and the old staging file must still go."""
+    fh, node = await w.create("f", b"one")
+    await w.fs.flush(fh)
+    released = threading.Event()
+    close = Staging.close
+
+    def slow_close(self: Staging, *, remove: bool) -> None:
+        released.wait(10)
+        close(self, remove=remove)
+
+    monkeypatch.setattr(Staging, "close", slow_close)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(w.fs.release, fh)
+        await trio.sleep(0.05)  # the release waits in its worker thread
+        fh2, _ = await w.fs.open(node, write=True, truncate=True)
+        await w.fs.write(fh2, 0, b"two")
+        released.set()
+    monkeypatch.undo()
+    assert [r["key"] for r in w.fs.writeback.pending_uploads()] == ["f"]
+    assert len(list((w.fs.config.cache_dir / "staging").iterdir())) == 1  # the new one
+    await w.fs.flush(fh2)
+    await w.fs.release(fh2)
+    assert w.fs.writeback.pending_uploads() == []
+    assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
+    assert await w.read_all("f") == b"two"

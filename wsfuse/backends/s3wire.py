@@ -74,6 +74,9 @@ WRONG_REGION = frozenset(
         "IllegalLocationConstraintException",
     }
 )
+#: A redirect boto3 would follow and the direct path cannot (also in WRONG_REGION, so that
+#: requests go to boto3 from then on).
+_REDIRECTED = frozenset({"TemporaryRedirect", "307"})
 _INVALID_KEY = frozenset({"KeyTooLongError"})
 _CREDENTIALS_HINT = (
     "check the credentials (AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
@@ -135,6 +138,13 @@ def map_error(
             )
         if code in _TRANSIENT or status >= 500 or status == 429:
             return errors.Transient(f"{op} {where}: {detail} from {endpoint}", key=key)
+        if code in _REDIRECTED:
+            return errors.BackendError(
+                f"{op} {where}: {detail}; the endpoint redirects requests for now (a bucket "
+                "created minutes ago, whose name has not reached every S3 endpoint yet): "
+                "retry later, or pass --region (or set AWS_REGION) to the bucket's region",
+                key=key,
+            )
         if code in WRONG_REGION:
             return errors.BackendError(
                 f"{op} {where}: {detail}; the bucket is probably in another region: pass "

@@ -287,8 +287,13 @@ class WriteBack:
             finally:
                 staging.close(remove=True)
 
-        await trio.to_thread.run_sync(to_cache_and_remove)
-        self.forget_pending(node)
+        # Shielded: once the file is off `node`, nothing else would remove it (bounded work).
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(to_cache_and_remove)
+        # An open for writing meanwhile has recorded its own staging file under this path,
+        # and an unlinked file's record went with the unlink (the path may be another's now).
+        if node.staging is None and not node.unlinked:
+            self.forget_pending(node)
 
     # ------------------------------------------------------------------ pending records
 
