@@ -25,6 +25,7 @@ from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
 from wsfuse.fs.namespace import Entry
 from wsfuse.fs.staging import Staging
 from wsfuse.fs.streaming import MEMORY_PARTS
+from wsfuse.fs.writeback import KEEP_BODY_MAX
 from wsfuse.testing.ramp import ramp
 
 MiB = 1 << 20
@@ -349,12 +350,38 @@ async def test_a_failed_copy_into_the_cache_still_removes_the_staging_file(
         raise OSError(errno.EIO, "Input/output error")
 
     monkeypatch.setattr(Staging, "read_uncached", broken)
-    await w.write_file("f", b"uploaded")
+    data = ramp("f", 0, KEEP_BODY_MAX + 1)  # too large to keep its PUT's bytes: read back
+    await w.write_file("f", data)
     assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
     assert w.fs.writeback.pending_uploads() == []
     assert "could not keep 'f' in the cache" in caplog.text
     monkeypatch.undo()
-    assert await w.read_all("f") == b"uploaded"  # from the bucket
+    assert await w.read_all("f") == data  # from the bucket
+
+
+async def test_a_small_file_goes_into_the_cache_from_its_put_without_a_read_back(
+    w: WHarness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bytes of a small file's PUT are kept until its release copies them into the cache:
+    the staging file is not read back, and the file is then read from the cache."""
+
+    def no_read_back(self: Staging, length: int, offset: int) -> bytes:
+        raise AssertionError("the staging file was read back")
+
+    monkeypatch.setattr(Staging, "read_uncached", no_read_back)
+    data = ramp("small", 0, KEEP_BODY_MAX)
+    fh, _ = await w.create("small", data)
+    await w.fs.flush(fh)
+    await w.fs.write(fh, 5, b"again")  # the kept bytes are of the uploaded version only
+    await w.fs.flush(fh)
+    await w.fs.release(fh)
+    assert "could not keep" not in caplog.text
+    assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
+    expected = data[:5] + b"again" + data[10:]
+    assert w.backend.get_range("small", 0, len(data)) == expected
+    before = w.backend.counts["get_range"]
+    assert await w.read_all("small") == expected
+    assert w.backend.counts["get_range"] == before  # from the cache
 
 
 async def test_sequential_writer_streams_parts_before_close(w: WHarness) -> None:

@@ -69,6 +69,9 @@ class Staging:
         # A write that failed (ENOSPC on a full cache disk): the staged bytes are not what the
         # writer meant, so they are never uploaded; close() reports the error.
         self.write_error: int | None = None
+        # The bytes of `uploaded_version` when its upload was one small PUT (see
+        # `WriteBack.upload`): copied into the cache on release without reading them back.
+        self.uploaded_body: bytes | None = None
 
     @property
     def dirty(self) -> bool:

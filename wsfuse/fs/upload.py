@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -37,12 +37,15 @@ async def upload_file(
     on_upload_id: object = None,
     if_match: str | None = None,
     if_none_match: bool = False,
+    on_body: Callable[[bytes], None] | None = None,
 ) -> ObjectInfo:
     """Upload `size` bytes of `fd` to `key`; returns the new object's info or raises.
 
     `if_match` / `if_none_match`: only over that version / only if there is none, checked by
     the store when the object appears (the PUT, or the multipart completion); otherwise
-    `PreconditionFailed` (or `NotFound`) and nothing changed."""
+    `PreconditionFailed` (or `NotFound`) and nothing changed. `on_body`: given the bytes of a
+    single PUT once the store has them (a caller that keeps small files need not read them
+    back); not called for a multipart upload."""
     meta = dict(metadata)
     if size < multipart_threshold:
 
@@ -50,9 +53,12 @@ async def upload_file(
             data = os.pread(fd, size, 0)
             if len(data) != size:
                 raise BackendError(f"staging file of {key!r} is shorter than {size} bytes", key=key)
-            return backend.backend.put(
+            info = backend.backend.put(
                 key, data, metadata=meta, if_match=if_match, if_none_match=if_none_match
             )
+            if on_body is not None:
+                on_body(data)
+            return info
 
         return await backend.run_sync(put)
     part_size = part_size_for(size)

@@ -47,6 +47,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PENDING_DB = "pending"
+#: Files up to this size keep the bytes of their single PUT until release, which copies them
+#: into the cache from memory instead of reading the staging file back from disk (64 KiB
+#: creates: ~0.15 daemon CPU-ms less per file, and no disk read). Small, so that the memory
+#: held between an fsync or flush and the release stays small whatever the number of open
+#: files.
+KEEP_BODY_MAX = 1 << 20
 
 
 class WriteBack:
@@ -208,6 +214,8 @@ class WriteBack:
                         "streamed upload of %r failed (%s); uploading it whole", node.path, exc
                     )
                     await stream.abort()
+        body: list[bytes] = []
+        keep_body = staging.size <= min(KEEP_BODY_MAX, self.config.cache_written_max)
         try:
             if info is None:
                 info = await upload_file(
@@ -217,6 +225,7 @@ class WriteBack:
                     staging.size,
                     posixmeta.encode(attrs),
                     on_upload_id=lambda uid: self.record_pending(node, "uploading", upload_id=uid),
+                    on_body=body.append if keep_body else None,
                 )
         except Exception:
             staging.failed_version = version
@@ -224,6 +233,7 @@ class WriteBack:
             raise
         if node.staging is staging:
             staging.uploaded_version = version
+            staging.uploaded_body = body[0] if body else None
             if staging.version == version:  # no write arrived while uploading
                 self.forget_pending(node)
         node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
@@ -273,6 +283,7 @@ class WriteBack:
         keep = not node.unlinked and node.etag and staging.size <= self.config.cache_written_max
         obj = node.pinned() if keep else None
         bs = self.config.block_size
+        body = staging.uploaded_body  # the uploaded bytes (a clean staging file's), if kept
 
         def to_cache_and_remove() -> None:
             # In a worker thread, the unlink too: a file's blocks are freed there, and on the
@@ -280,7 +291,10 @@ class WriteBack:
             try:
                 if obj is not None:
                     for index in range(self.fetcher.block_count(obj)):
-                        data = staging.read_uncached(bs, index * bs)
+                        if body is not None and len(body) == staging.size:
+                            data = body[index * bs : (index + 1) * bs]
+                        else:
+                            data = staging.read_uncached(bs, index * bs)
                         self.cache.put(obj.block(index), data, direct=True)
             except OSError as exc:  # the bucket has the file: only the cache copy is lost
                 log.warning("could not keep %r in the cache after its upload: %s", node.path, exc)
