@@ -19,7 +19,7 @@ from wsfuse.backends.faults import FaultInjectingBackend
 from wsfuse.backends.memory import MemoryBackend
 from wsfuse.cache import BlockCache
 from wsfuse.errors import BackendError, NotFound, Transient
-from wsfuse.fs import posixmeta
+from wsfuse.fs import posixmeta, writeback
 from wsfuse.fs.attrstore import DIR_VERSION
 from wsfuse.fs.core import ROOT_INO, Filesystem, FsError
 from wsfuse.fs.namespace import Entry
@@ -622,3 +622,24 @@ async def test_an_open_while_the_last_release_finishes_keeps_its_pending_record(
     assert w.fs.writeback.pending_uploads() == []
     assert list((w.fs.config.cache_dir / "staging").iterdir()) == []
     assert await w.read_all("f") == b"two"
+
+
+async def test_kept_put_bodies_stay_within_their_budget_and_are_let_go(
+    w: WHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files flushed and held open keep their PUT's bytes only within the budget; a write
+    makes them stale (not used), and release, the next upload or close lets them go."""
+    monkeypatch.setattr(writeback, "KEPT_BODIES_MAX", 100 * 1024)
+    handles = []
+    for name in ("a", "b", "c"):
+        fh, _ = await w.create(name, ramp(name, 0, 64 * 1024))
+        await w.fs.flush(fh)
+        handles.append(fh)
+    assert w.fs.writeback.kept_body_bytes == 64 * 1024  # one fits, the others read back
+    await w.fs.write(handles[0], 0, b"new")  # "a" is dirty: its kept bytes are stale
+    for fh in handles:
+        await w.fs.release(fh)  # "a", dirty, is uploaded again by its release
+    assert w.fs.writeback.kept_body_bytes == 0
+    assert await w.read_all("a") == b"new" + ramp("a", 3, 64 * 1024 - 3)
+    for name in ("b", "c"):
+        assert await w.read_all(name) == ramp(name, 0, 64 * 1024)

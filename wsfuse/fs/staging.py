@@ -12,6 +12,7 @@ import functools
 import mmap
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -69,9 +70,12 @@ class Staging:
         # A write that failed (ENOSPC on a full cache disk): the staged bytes are not what the
         # writer meant, so they are never uploaded; close() reports the error.
         self.write_error: int | None = None
-        # The bytes of `uploaded_version` when its upload was one small PUT (see
+        # The bytes of version `body_version` when its upload was one small PUT (see
         # `WriteBack.upload`): copied into the cache on release without reading them back.
+        # `on_drop_body(n)` is told when n such bytes are let go (the owner's memory budget).
         self.uploaded_body: bytes | None = None
+        self.body_version = -1
+        self.on_drop_body: Callable[[int], None] | None = None
 
     @property
     def dirty(self) -> bool:
@@ -145,7 +149,19 @@ class Staging:
     def fsync(self) -> None:
         os.fsync(self.fd)
 
+    def keep_body(self, body: bytes | None, version: int) -> None:
+        """Keep `body` as the bytes of `version` (None: keep nothing), letting go of any
+        kept before."""
+        self.drop_body()
+        self.uploaded_body, self.body_version = body, version
+
+    def drop_body(self) -> None:
+        if self.uploaded_body is not None and self.on_drop_body is not None:
+            self.on_drop_body(len(self.uploaded_body))
+        self.uploaded_body, self.body_version = None, -1
+
     def close(self, *, remove: bool) -> None:
+        self.drop_body()
         if self.direct_fd >= 0:
             os.close(self.direct_fd)
             self.direct_fd = -1

@@ -49,10 +49,11 @@ log = logging.getLogger(__name__)
 PENDING_DB = "pending"
 #: Files up to this size keep the bytes of their single PUT until release, which copies them
 #: into the cache from memory instead of reading the staging file back from disk (64 KiB
-#: creates: ~0.15 daemon CPU-ms less per file, and no disk read). Small, so that the memory
-#: held between an fsync or flush and the release stays small whatever the number of open
-#: files.
+#: creates: ~0.15 daemon CPU-ms less per file, and no disk read)...
 KEEP_BODY_MAX = 1 << 20
+#: ...as long as all kept bytes stay within this: files fsync'ed or flushed and held open
+#: keep theirs until their release, next upload or close.
+KEPT_BODIES_MAX = 64 << 20
 
 
 class WriteBack:
@@ -89,6 +90,8 @@ class WriteBack:
         self.clock = clock
         # INVARIANT: see Filesystem.staged (the same set).
         self.staged = staged
+        # Bytes of single PUTs kept for the cache copy at release (`KEPT_BODIES_MAX`).
+        self.kept_body_bytes = 0
         self._on_uploaded = on_uploaded
         self._on_abandoned = on_abandoned
 
@@ -102,6 +105,7 @@ class WriteBack:
             raise FsError(errno.EROFS)
         if node.staging is None:
             staging = Staging(self.config.cache_dir / "staging")
+            staging.on_drop_body = self._body_dropped
             try:
                 if not truncate and node.size:
                     await self._fill_staging(node, staging)
@@ -215,7 +219,10 @@ class WriteBack:
                     )
                     await stream.abort()
         body: list[bytes] = []
-        keep_body = staging.size <= min(KEEP_BODY_MAX, self.config.cache_written_max)
+        keep_body = (
+            staging.size <= min(KEEP_BODY_MAX, self.config.cache_written_max)
+            and self.kept_body_bytes + staging.size <= KEPT_BODIES_MAX
+        )
         try:
             if info is None:
                 info = await upload_file(
@@ -233,7 +240,8 @@ class WriteBack:
             raise
         if node.staging is staging:
             staging.uploaded_version = version
-            staging.uploaded_body = body[0] if body else None
+            staging.keep_body(body[0] if body else None, version)
+            self.kept_body_bytes += len(body[0]) if body else 0
             if staging.version == version:  # no write arrived while uploading
                 self.forget_pending(node)
         node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
@@ -283,7 +291,9 @@ class WriteBack:
         keep = not node.unlinked and node.etag and staging.size <= self.config.cache_written_max
         obj = node.pinned() if keep else None
         bs = self.config.block_size
-        body = staging.uploaded_body  # the uploaded bytes (a clean staging file's), if kept
+        # The uploaded bytes, if kept and still the staged version's.
+        body = staging.uploaded_body if staging.body_version == staging.version else None
+        staging.drop_body()  # here, on the trio thread, which owns the budget
 
         def to_cache_and_remove() -> None:
             # In a worker thread, the unlink too: a file's blocks are freed there, and on the
@@ -291,7 +301,7 @@ class WriteBack:
             try:
                 if obj is not None:
                     for index in range(self.fetcher.block_count(obj)):
-                        if body is not None and len(body) == staging.size:
+                        if body is not None:
                             data = body[index * bs : (index + 1) * bs]
                         else:
                             data = staging.read_uncached(bs, index * bs)
@@ -308,6 +318,9 @@ class WriteBack:
         # and an unlinked file's record went with the unlink (the path may be another's now).
         if node.staging is None and not node.unlinked:
             self.forget_pending(node)
+
+    def _body_dropped(self, size: int) -> None:
+        self.kept_body_bytes -= size
 
     # ------------------------------------------------------------------ pending records
 
