@@ -7,7 +7,6 @@ call it where a name change moves, truncates or removes data that is being writt
 
 from __future__ import annotations
 
-import bisect
 import errno
 import logging
 import os
@@ -74,7 +73,7 @@ class Mutations:
         parent = node.path.rpartition("/")[0]
         listing = self.listings.get(parent)
         if listing is not None:
-            self.listings[parent] = _with_entry(listing, entry)
+            self.listings[parent] = listing.with_entry(entry)
         self._drop_persisted_listing(parent)
         self.negative.pop(node.path, None)
 
@@ -82,7 +81,7 @@ class Mutations:
         parent, _, name = path.rpartition("/")
         listing = self.listings.get(parent)
         if listing is not None and name in listing.by_name:
-            self.listings[parent] = _without_entry(listing, name)
+            self.listings[parent] = listing.without_entry(name)
         self._drop_persisted_listing(parent)
         self.negative[path] = self.clock()
 
@@ -502,34 +501,3 @@ class Mutations:
                 handle.reader.obj = self.inodes[handle.ino].pinned()
         name = new_path.rpartition("/")[2]
         self._listing_put(node, Entry(name, node.is_dir, node.size, node.etag, node.mtime))
-
-
-def _with_entry(listing: Listing, entry: Entry) -> Listing:
-    """`listing` with `entry` added (or replacing the one of its name). A binary search and
-    copies of the tuple and the name map (C loops) instead of a re-sort in Python: a directory
-    that gains its files one create at a time re-sorted all of them on every create."""
-    entries = listing.entries
-    i = bisect.bisect_left(entries, entry.name, key=_name)
-    after = i + 1 if i < len(entries) and entries[i].name == entry.name else i
-    by_name = dict(listing.by_name)
-    by_name[entry.name] = entry
-    return _replaced(listing, (*entries[:i], entry, *entries[after:]), by_name)
-
-
-def _without_entry(listing: Listing, name: str) -> Listing:
-    """`listing` without the entry `name` (which it has)."""
-    entries = listing.entries
-    i = bisect.bisect_left(entries, name, key=_name)
-    by_name = dict(listing.by_name)
-    del by_name[name]
-    if i == len(entries) or entries[i].name != name:  # never: built in step with `by_name`
-        return _replaced(listing, tuple(by_name[k] for k in sorted(by_name)), by_name)
-    return _replaced(listing, (*entries[:i], *entries[i + 1 :]), by_name)
-
-
-def _replaced(listing: Listing, entries: tuple[Entry, ...], by_name: dict[str, Entry]) -> Listing:
-    return Listing(entries, by_name, listing.hidden, listing.fetched_at, marker=listing.marker)
-
-
-def _name(entry: Entry) -> str:
-    return entry.name

@@ -8,6 +8,7 @@ the directory wins and the file is hidden (and counted).
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -100,8 +101,32 @@ class Listing:
             del files[name]
         local = {e.name: e for e in extra if e.name not in dirs}
         merged = {**files, **local, **dirs}
-        entries = tuple(merged[k] for k in sorted(merged))
-        return cls(entries, merged, hidden, fetched_at, bool(local), marker)
+        return cls(_in_name_order(merged), merged, hidden, fetched_at, bool(local), marker)
+
+    def with_entry(self, entry: Entry) -> Listing:
+        """This listing with `entry` added (or replacing the one of its name). A binary search
+        and copies of the tuple and the name map (C loops) instead of a re-sort in Python: a
+        directory that gains its files one create at a time re-sorted all of them on every
+        create."""
+        entries = self.entries
+        i = bisect.bisect_left(entries, entry.name, key=_name)
+        after = i + 1 if i < len(entries) and entries[i].name == entry.name else i
+        by_name = dict(self.by_name)
+        by_name[entry.name] = entry
+        return self._edited((*entries[:i], entry, *entries[after:]), by_name)
+
+    def without_entry(self, name: str) -> Listing:
+        """This listing without the entry `name` (which it has)."""
+        entries = self.entries
+        i = bisect.bisect_left(entries, name, key=_name)
+        by_name = dict(self.by_name)
+        del by_name[name]
+        if i == len(entries) or entries[i].name != name:  # never: built in step with by_name
+            return self._edited(_in_name_order(by_name), by_name)
+        return self._edited((*entries[:i], *entries[i + 1 :]), by_name)
+
+    def _edited(self, entries: tuple[Entry, ...], by_name: dict[str, Entry]) -> Listing:
+        return Listing(entries, by_name, self.hidden, self.fetched_at, marker=self.marker)
 
     def encode(self) -> bytes:
         rows = [[e.name, int(e.is_dir), e.size, e.etag, e.mtime] for e in self.entries]
@@ -125,3 +150,11 @@ class Listing:
             float(doc["t"]),
             marker=marker if isinstance(marker, bool) else None,
         )
+
+
+def _in_name_order(by_name: dict[str, Entry]) -> tuple[Entry, ...]:
+    return tuple(by_name[k] for k in sorted(by_name))
+
+
+def _name(entry: Entry) -> str:
+    return entry.name
