@@ -72,10 +72,10 @@ class Staging:
         self.write_error: int | None = None
         # The bytes of version `body_version` when its upload was one small PUT (see
         # `WriteBack.upload`): copied into the cache on release without reading them back.
-        # `on_drop_body(n)` is told when n such bytes are let go (the owner's memory budget).
+        # `on_body_bytes(delta)` is told how the bytes kept here changed (the owner's budget).
         self.uploaded_body: bytes | None = None
         self.body_version = -1
-        self.on_drop_body: Callable[[int], None] | None = None
+        self.on_body_bytes: Callable[[int], None] | None = None
 
     @property
     def dirty(self) -> bool:
@@ -152,13 +152,13 @@ class Staging:
     def keep_body(self, body: bytes | None, version: int) -> None:
         """Keep `body` as the bytes of `version` (None: keep nothing), letting go of any
         kept before."""
-        self.drop_body()
-        self.uploaded_body, self.body_version = body, version
+        delta = len(body or b"") - len(self.uploaded_body or b"")
+        self.uploaded_body, self.body_version = body, version if body is not None else -1
+        if delta and self.on_body_bytes is not None:
+            self.on_body_bytes(delta)
 
     def drop_body(self) -> None:
-        if self.uploaded_body is not None and self.on_drop_body is not None:
-            self.on_drop_body(len(self.uploaded_body))
-        self.uploaded_body, self.body_version = None, -1
+        self.keep_body(None, -1)
 
     def close(self, *, remove: bool) -> None:
         self.drop_body()

@@ -105,7 +105,7 @@ class WriteBack:
             raise FsError(errno.EROFS)
         if node.staging is None:
             staging = Staging(self.config.cache_dir / "staging")
-            staging.on_drop_body = self._body_dropped
+            staging.on_body_bytes = self._body_bytes
             try:
                 if not truncate and node.size:
                     await self._fill_staging(node, staging)
@@ -241,7 +241,6 @@ class WriteBack:
         if node.staging is staging:
             staging.uploaded_version = version
             staging.keep_body(body[0] if body else None, version)
-            self.kept_body_bytes += len(body[0]) if body else 0
             if staging.version == version:  # no write arrived while uploading
                 self.forget_pending(node)
         node.etag, node.cache_etag, node.attrs = info.etag, None, attrs
@@ -319,8 +318,8 @@ class WriteBack:
         if node.staging is None and not node.unlinked:
             self.forget_pending(node)
 
-    def _body_dropped(self, size: int) -> None:
-        self.kept_body_bytes -= size
+    def _body_bytes(self, delta: int) -> None:
+        self.kept_body_bytes += delta
 
     # ------------------------------------------------------------------ pending records
 
