@@ -271,25 +271,32 @@ def test_a_flipped_byte_is_a_miss_and_drops_the_block(
         pytest.param(lambda raw: raw + b"\x00", id="trailing byte"),
     ],
 )
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered read", "direct read"])
 def test_truncated_or_extended_file_is_a_miss(
     open_cache: Callable[..., BlockCache],
     cache_dir: Path,
     caplog: pytest.LogCaptureFixture,
     mangle: Callable[[bytes], bytes],
+    direct: bool,
 ) -> None:
     cache = open_cache()
     cache.put(KEY, block_data(KEY))
     path = block_path(cache_dir, KEY)
     path.write_bytes(mangle(path.read_bytes()))
     with caplog.at_level(logging.WARNING):
-        assert cache.get_slice(KEY, 0, 10) is None
+        got = cache.get(KEY, direct=True) if direct else cache.get_slice(KEY, 0, 10)
+        assert got is None
     assert len(warnings_of(caplog)) == 1
     assert not path.exists()
     assert_consistent(cache)
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered read", "direct read"])
 def test_a_block_file_swapped_for_another_is_a_miss(
-    open_cache: Callable[..., BlockCache], cache_dir: Path, caplog: pytest.LogCaptureFixture
+    open_cache: Callable[..., BlockCache],
+    cache_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    direct: bool,
 ) -> None:
     """A file that is intact but belongs to another block (a collision, a bad copy)."""
     cache = open_cache()
@@ -298,7 +305,7 @@ def test_a_block_file_swapped_for_another_is_a_miss(
     cache.put(other, block_data(other))
     shutil.copyfile(block_path(cache_dir, other), block_path(cache_dir, KEY))
     with caplog.at_level(logging.WARNING):
-        assert cache.get(KEY) is None
+        assert cache.get(KEY, direct=direct) is None
     assert "header says block 6" in warnings_of(caplog)[0]
     assert cache.get(other) == block_data(other)
 

@@ -3,8 +3,10 @@ versions the cache reads."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
+import mmap
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,9 +127,10 @@ def test_direct_writes_of_every_layout_read_back(cache: BlockCache, case: str) -
     assert cache.get(bkey) == data
 
 
+@pytest.mark.parametrize("direct_read", [False, True], ids=["buffered read", "direct read"])
 @pytest.mark.parametrize("where", ["pad field", "padding", "trailing zeros", "data"])
 def test_a_flipped_byte_in_a_direct_block_is_a_miss(
-    cache: BlockCache, caplog: pytest.LogCaptureFixture, where: str
+    cache: BlockCache, caplog: pytest.LogCaptureFixture, where: str, direct_read: bool
 ) -> None:
     bkey = BlockKey("k", "e", 0)
     cache.put(bkey, data_of(bkey), direct=True)
@@ -147,7 +150,7 @@ def test_a_flipped_byte_in_a_direct_block_is_a_miss(
     raw[offset] ^= 0x01
     path.write_bytes(raw)
     with caplog.at_level(logging.WARNING):
-        got = cache.get(bkey)
+        got = cache.get(bkey, direct=direct_read)
     if where in ("padding", "trailing zeros"):
         # The zeros are not covered by the CRC (the header says where the data is and how
         # long): the data is still exactly what was stored.
@@ -223,13 +226,14 @@ def rewrite(cache: BlockCache, bkey: BlockKey, version: int, pad: int, trailing:
         (3, 16, directio.ALIGN, False),
     ],
 )
+@pytest.mark.parametrize("direct_read", [False, True], ids=["buffered read", "direct read"])
 def test_block_files_of_every_format_version_read_as_their_version_allows(
-    cache: BlockCache, version: int, pad: int, trailing: int, reads: bool
+    cache: BlockCache, version: int, pad: int, trailing: int, reads: bool, direct_read: bool
 ) -> None:
     bkey = BlockKey("k", "e", 0)
     cache.put(bkey, data_of(bkey))
     rewrite(cache, bkey, version, pad, trailing)
-    assert cache.get(bkey) == (data_of(bkey) if reads else None)
+    assert cache.get(bkey, direct=direct_read) == (data_of(bkey) if reads else None)
 
 
 def test_pack_block_header_refuses_padding_of_a_page_or_more() -> None:
@@ -249,3 +253,125 @@ def test_direct_padding_puts_the_datas_page_boundary_on_a_page_of_the_file() -> 
     assert blockfile.direct_padding(100, b"") is None
     assert blockfile.direct_padding(100, bytearray(BS)) is None  # only bytes stay in place
     assert blockfile.direct_padding(blockfile.MAX_DIRECT_HEADER + 1, bytes(BS)) is None
+
+
+def resident_pages(path: Path) -> int:
+    """How many of the file's pages are in the page cache (mincore(2) on a mapping of it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    size = path.stat().st_size
+    vec = (ctypes.c_ubyte * -(-size // mmap.PAGESIZE))()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            raise OSError(ctypes.get_errno(), "mmap")
+        try:
+            if libc.mincore(address, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+        finally:
+            libc.munmap(address, size)
+    finally:
+        os.close(fd)
+    return sum(v & 1 for v in vec)
+
+
+def drop_from_page_cache(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_a_direct_read_leaves_the_block_file_out_of_the_page_cache(cache: BlockCache) -> None:
+    """What `direct` reads are for: a sequential re-read from the cache files puts each block
+    in the reader's FUSE page cache; the block file's own pages would be a second copy."""
+    direct, buffered = BlockKey("k", "e", 0), BlockKey("k", "e", 1)
+    for bkey in (direct, buffered):
+        cache.put(bkey, data_of(bkey))  # through the page cache
+        drop_from_page_cache(block_file(cache, bkey))
+        assert resident_pages(block_file(cache, bkey)) == 0
+    assert cache.get(direct, direct=True) == data_of(direct)
+    assert cache.get(buffered) == data_of(buffered)
+    assert resident_pages(block_file(cache, direct)) == 0
+    assert resident_pages(block_file(cache, buffered)) > 0
+
+
+def test_a_direct_read_sees_a_block_written_through_the_page_cache_just_before(
+    cache: BlockCache,
+) -> None:
+    bkey = BlockKey("k", "e", 0)
+    cache.put(bkey, data_of(bkey))  # dirty pages: the kernel writes them back first
+    assert cache.get(bkey, direct=True) == data_of(bkey)
+    short = BlockKey("k", "e", 9)
+    cache.put(short, data_of(short, 1000))
+    assert cache.get(short, direct=True) == data_of(short, 1000)
+
+
+def test_direct_reads_of_a_long_key_or_an_oversized_file_go_through_the_page_cache(
+    cache: BlockCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_key = BlockKey("x" * (2 * blockfile.MAX_DIRECT_HEADER), "e", 0)
+    cache.put(long_key, data_of(long_key))
+    assert cache.get(long_key, direct=True) == data_of(long_key)
+    # A file larger than any block file: the buffer cannot tell how large; the checks can.
+    bkey = BlockKey("k", "e", 0)
+    cache.put(bkey, data_of(bkey))
+    path = block_file(cache, bkey)
+    path.write_bytes(path.read_bytes() + bytes(2 * BS))
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(bkey, direct=True) is None
+    assert "file is" in caplog.text and "header says" in caplog.text
+
+
+@pytest.mark.parametrize("refused", ["open", "read"])
+def test_direct_reads_refused_by_the_filesystem_fall_back_once(
+    cache: BlockCache,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    refused: str,
+) -> None:
+    keys = [BlockKey("k", "e", i) for i in range(3)]
+    for bkey in keys:
+        cache.put(bkey, data_of(bkey), direct=True)
+    attempts: list[str] = []
+    real_open, real_preadv = os.open, os.preadv
+    direct_fds: set[int] = set()
+
+    def open_(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT and refused == "open":
+            attempts.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fd = real_open(path, flags, mode)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if fd in direct_fds:
+            direct_fds.discard(fd)
+            attempts.append(str(fd))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(blockfile.os, "open", open_)
+    monkeypatch.setattr(directio.os, "open", open_)
+    monkeypatch.setattr(blockfile.os, "preadv", preadv)
+    with caplog.at_level(logging.INFO, logger="wsfuse.cache.blockfile"):
+        for bkey in keys:
+            assert cache.get(bkey, direct=True) == data_of(bkey)
+    assert len(attempts) == 1  # tried once, then through the page cache for good
+    assert "reading blocks buffered" in caplog.text
+    assert cache.statistics().corrupt == 0

@@ -40,6 +40,7 @@ from wsfuse import directio
 from wsfuse.cache import schema
 from wsfuse.cache.accesstimes import AccessTimes
 from wsfuse.cache.blockfile import (
+    BlockFileReader,
     BlockFileWriter,
     direct_padding,
     read_block_file,
@@ -124,6 +125,7 @@ class BlockCache(CacheSpace):
         self._tmp_dir = os.path.join(self._dir, schema.TMP_DIR)
         self._tmp_names = itertools.count()  # next() is atomic under the GIL
         self._files = BlockFileWriter()
+        self._reader = BlockFileReader(block_size)
 
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)
@@ -176,9 +178,13 @@ class BlockCache(CacheSpace):
         with self._lock:
             return bid in self._entries
 
-    def get(self, bkey: BlockKey) -> bytes | None:
+    def get(self, bkey: BlockKey, *, direct: bool = False) -> bytes | None:
         """The block's data, or None on a miss. A block whose file fails verification (header,
-        length, CRC32C) or cannot be read is logged, dropped, and reported as a miss."""
+        length, CRC32C) or cannot be read is logged, dropped, and reported as a miss.
+
+        `direct`: read the file with O_DIRECT, past the page cache (a sequential re-read from
+        the cache files, whose blocks end up in the reader's FUSE page cache anyway); without
+        it, through the page cache, where a block written shortly before still is."""
         bid = block_id(bkey)
         path = self._path(bid)
         for _attempt in range(GET_ATTEMPTS):
@@ -188,7 +194,10 @@ class BlockCache(CacheSpace):
                     return None
                 removals = self._removals
             try:
-                result = read_block_file(path, bkey, self._block_size)
+                if direct:
+                    result = self._reader.read(path, bkey)
+                else:
+                    result = read_block_file(path, bkey, self._block_size)
             except FileNotFoundError:
                 with self._lock:
                     if self._removals != removals:
@@ -390,6 +399,7 @@ class BlockCache(CacheSpace):
             self._index.sync()
         finally:
             self._files.close()
+            self._reader.close()
             if self._owns_index:
                 self._index.close()
             if self._owns_lock:

@@ -384,7 +384,9 @@ class BlockFetcher:
                     group.drop(bkey, pending)
 
     def _load_sync(self, run: list[BlockKey]) -> list[bytes | None]:
-        return [self.cache.get(bkey) for bkey in run]
+        # With O_DIRECT: the reader's FUSE page cache will hold these bytes; the cache files'
+        # pages would be a second, fresh copy of them (blockfile.BlockFileReader).
+        return [self.cache.get(bkey, direct=True) for bkey in run]
 
     def _finish(
         self,
