@@ -31,7 +31,7 @@ from bench.compare.context import Ctx, OutOfTime
 from bench.compare.data import DataSets, local_copies, seed_all
 from bench.compare.filesystems import specs, versions
 from bench.compare.report import finish
-from bench.harness import settle
+from bench.harness import memprobe, settle
 from bench.harness.env import MiB, log, parse_size
 from bench.harness.gitstate import git_state
 from bench.harness.meter import Sample
@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     started = time.time()
+    fresh_at_start = memprobe.fresh_page_us()
     data = DataSets(big_size=args.size, small_count=args.small_count, list_count=args.list_count)
     g = set(args.groups)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="wsfuse-bench-run-", dir="/var/tmp"))
@@ -277,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             "failures": ctx.failures + (["interrupted (partial result)"] if interrupted else []),
             "wall_seconds": round(time.time() - started, 1),
             "settled_s": round(settled, 1),  # waited before the start, see settle.py
+            # µs per fresh 4 KiB page before and after the run (memprobe.py): how slow this
+            # VM's memory was, which every filesystem's numbers follow
+            "fresh_page_us": [round(fresh_at_start, 2), round(memprobe.fresh_page_us(), 2)],
+            "free_page_reporting": memprobe.free_page_reporting(),
         },
         "rows": ctx.results,
     }

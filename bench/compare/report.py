@@ -128,6 +128,20 @@ def settled_note(seconds: float) -> str:
     return f" (after waiting {seconds:.0f} s for the previous run's clean-up to settle)"
 
 
+def memory_note(meta: dict[str, Any]) -> str:
+    """How slow fresh memory was at the start and the end (bench/harness/memprobe.py): every
+    number of the run follows it."""
+    probes = meta.get("fresh_page_us")
+    if not probes:
+        return ""
+    reporting = {True: "on", False: "off", None: "no balloon"}[meta.get("free_page_reporting")]
+    start, end = probes
+    return (
+        f". Fresh memory: {start:.1f} µs per 4 KiB page at the start, {end:.1f} at the end "
+        f"(free page reporting: {reporting})"
+    )
+
+
 def fmt(v: float | None) -> str:
     if v is None:
         return "-"
@@ -405,7 +419,8 @@ def markdown(result: dict[str, Any]) -> str:
         "write and their ceilings; medians"
         f"{', measured as interleaved rounds' if meta.get('interleaved') else ''}), "
         f"wall time {meta.get('wall_seconds', 0):.0f} s"
-        f"{settled_note(meta.get('settled_s', 0))}; command: `{meta['command']}`",
+        f"{settled_note(meta.get('settled_s', 0))}; command: `{meta['command']}`"
+        f"{memory_note(meta)}",
         "",
         "Values: MB/s, files/s, IOPS (higher is better) or seconds / MiB (marked, lower is "
         "better); each filesystem's cell adds the server requests and GET MiB of that workload. "
