@@ -286,6 +286,7 @@ def test_truncated_or_extended_file_is_a_miss(
     with caplog.at_level(logging.WARNING):
         got = cache.get(KEY, direct=True) if direct else cache.get_slice(KEY, 0, 10)
         assert got is None
+    assert cache._reader.direct_supported  # the O_DIRECT way said so, not a fallback
     assert len(warnings_of(caplog)) == 1
     assert not path.exists()
     assert_consistent(cache)
@@ -310,14 +311,18 @@ def test_a_block_file_swapped_for_another_is_a_miss(
     assert cache.get(other) == block_data(other)
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered read", "direct read"])
 def test_a_file_removed_behind_the_cache_is_a_miss(
-    open_cache: Callable[..., BlockCache], cache_dir: Path, caplog: pytest.LogCaptureFixture
+    open_cache: Callable[..., BlockCache],
+    cache_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    direct: bool,
 ) -> None:
     cache = open_cache()
     cache.put(KEY, block_data(KEY))
     block_path(cache_dir, KEY).unlink()
     with caplog.at_level(logging.WARNING):
-        assert cache.get(KEY) is None
+        assert cache.get(KEY, direct=direct) is None
     assert "file is missing" in warnings_of(caplog)[0]
     assert_consistent(cache)
 

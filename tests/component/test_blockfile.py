@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import mmap
 import os
@@ -151,6 +152,7 @@ def test_a_flipped_byte_in_a_direct_block_is_a_miss(
     path.write_bytes(raw)
     with caplog.at_level(logging.WARNING):
         got = cache.get(bkey, direct=direct_read)
+    assert cache._reader.direct_supported  # a direct read went the O_DIRECT way
     if where in ("padding", "trailing zeros"):
         # The zeros are not covered by the CRC (the header says where the data is and how
         # long): the data is still exactly what was stored.
@@ -234,6 +236,7 @@ def test_block_files_of_every_format_version_read_as_their_version_allows(
     cache.put(bkey, data_of(bkey))
     rewrite(cache, bkey, version, pad, trailing)
     assert cache.get(bkey, direct=direct_read) == (data_of(bkey) if reads else None)
+    assert cache._reader.direct_supported
 
 
 def test_pack_block_header_refuses_padding_of_a_page_or_more() -> None:
@@ -375,3 +378,35 @@ def test_direct_reads_refused_by_the_filesystem_fall_back_once(
     assert len(attempts) == 1  # tried once, then through the page cache for good
     assert "reading blocks buffered" in caplog.text
     assert cache.statistics().corrupt == 0
+
+
+def test_an_empty_block_file_read_direct_is_a_truncated_header(
+    cache: BlockCache, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pooled buffer holds an earlier block's bytes: only what this read got is parsed."""
+    first, second = BlockKey("k", "e", 0), BlockKey("k", "e", 1)
+    for bkey in (first, second):
+        cache.put(bkey, data_of(bkey), direct=True)
+    assert cache.get(first, direct=True) == data_of(first)
+    block_file(cache, second).write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(second, direct=True) is None
+    assert "truncated header" in caplog.text
+
+
+def test_a_direct_read_that_fails_otherwise_asks_the_page_cache_and_keeps_the_block(
+    cache: BlockCache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bkey = BlockKey("k", "e", 0)
+    cache.put(bkey, data_of(bkey), direct=True)
+    real_preadv = os.preadv
+
+    def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
+        if os.get_blocking(fd) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real_preadv(fd, buffers, offset)
+
+    monkeypatch.setattr(blockfile.os, "preadv", preadv)
+    assert cache.get(bkey, direct=True) == data_of(bkey)
+    assert cache.statistics().corrupt == 0
+    assert cache._reader.direct_supported  # not EINVAL: O_DIRECT is still tried next time

@@ -398,12 +398,14 @@ class BlockCache(CacheSpace):
             self._flush_atimes()
             self._index.sync()
         finally:
-            self._files.close()
-            self._reader.close()
-            if self._owns_index:
-                self._index.close()
-            if self._owns_lock:
-                self._dir_lock.release()
+            try:
+                self._files.close()
+                self._reader.close()
+            finally:
+                if self._owns_index:
+                    self._index.close()
+                if self._owns_lock:
+                    self._dir_lock.release()
 
     def __enter__(self) -> BlockCache:
         return self

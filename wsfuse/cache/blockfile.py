@@ -191,9 +191,9 @@ class BlockFileReader:
 
     Why: a buffered read puts every block file's pages in the page cache first, fresh pages
     that the test VM's host makes expensive (see the module docstring) and a second copy of
-    data the reader's FUSE page cache holds anyway. For blocks read back soon after a
-    buffered write (a directory's small files read ahead), the page cache is where they are:
-    those go through `read_block_file`.
+    data the reader's FUSE page cache holds anyway. The caller chooses: blocks read back soon
+    after a buffered write (a directory's small files read ahead) are in the page cache, and
+    the fetcher reads those, as every demand read, with `read_block_file`.
     """
 
     def __init__(self, block_size: int, count: int = DIRECT_BUFFERS) -> None:
@@ -208,10 +208,24 @@ class BlockFileReader:
         """As `read_block_file`; through the page cache where O_DIRECT does not apply."""
         if not self.direct_supported or schema.header_size(bkey) > MAX_DIRECT_HEADER:
             return read_block_file(path, bkey, self._block_size)
+        try:
+            result = self._read_direct(path, bkey)
+        except FileNotFoundError:
+            raise  # the caller tells an eviction from a file lost behind its back
+        except OSError as exc:
+            # Something only the O_DIRECT way can hit (an mmap refused, an errno other than
+            # EINVAL for O_DIRECT): the page cache decides, so a readable block is not dropped.
+            log.debug("O_DIRECT read of %s failed (%s): reading it buffered", path, exc)
+            result = None
+        return read_block_file(path, bkey, self._block_size) if result is None else result
+
+    def _read_direct(self, path: str, bkey: BlockKey) -> bytes | str | None:
+        """As `read`, or None where only the page cache can tell (O_DIRECT refused, a file
+        larger than any block file)."""
         fd = directio.open_direct(path, os.O_RDONLY)
         if fd < 0:
             self._unsupported("open")
-            return read_block_file(path, bkey, self._block_size)
+            return None
         try:
             with self._pool.take() as buffer, memoryview(buffer) as view:
                 try:
@@ -220,10 +234,11 @@ class BlockFileReader:
                     if exc.errno != errno.EINVAL:
                         raise
                     self._unsupported("read")
-                    return read_block_file(path, bkey, self._block_size)
+                    return None
                 if got == len(view):  # larger than any block file: let the checks say why
-                    return read_block_file(path, bkey, self._block_size)
-                header = schema.check_block_header(bytes(view[: schema.header_size(bkey)]), bkey)
+                    return None
+                hsize = min(got, schema.header_size(bkey))  # a short file: "truncated header"
+                header = schema.check_block_header(bytes(view[:hsize]), bkey)
                 if isinstance(header, str):
                     return header
                 wrong = _check_layout(header, got, self._block_size)

@@ -385,7 +385,10 @@ class BlockFetcher:
 
     def _load_sync(self, run: list[BlockKey]) -> list[bytes | None]:
         # With O_DIRECT: the reader's FUSE page cache will hold these bytes; the cache files'
-        # pages would be a second, fresh copy of them (blockfile.BlockFileReader).
+        # pages would be a second, fresh copy of them (blockfile.BlockFileReader). Loads run
+        # only for read-ahead of files larger than `whole_object_max` (`Reader.read`), never
+        # for a directory's small files, whose blocks were just written through the page
+        # cache (an O_DIRECT read of those would first wait for their writeback).
         return [self.cache.get(bkey, direct=True) for bkey in run]
 
     def _finish(
