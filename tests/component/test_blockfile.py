@@ -376,7 +376,8 @@ def test_direct_reads_refused_by_the_filesystem_fall_back_once(
         for bkey in keys:
             assert cache.get(bkey, direct=True) == data_of(bkey)
     assert len(attempts) == 1  # tried once, then through the page cache for good
-    assert "reading blocks buffered" in caplog.text
+    assert "refuses O_DIRECT" in caplog.text and "read through the page cache" in caplog.text
+    assert not cache._files.direct_supported  # and writes no longer try it either
     assert cache.statistics().corrupt == 0
 
 
@@ -402,7 +403,7 @@ def test_a_direct_read_that_fails_otherwise_asks_the_page_cache_and_keeps_the_bl
     real_preadv = os.preadv
 
     def preadv(fd: int, buffers: list[memoryview], offset: int) -> int:
-        if os.get_blocking(fd) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
             raise OSError(errno.ENOMEM, "Cannot allocate memory")
         return real_preadv(fd, buffers, offset)
 

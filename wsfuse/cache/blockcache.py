@@ -42,6 +42,7 @@ from wsfuse.cache.accesstimes import AccessTimes
 from wsfuse.cache.blockfile import (
     BlockFileReader,
     BlockFileWriter,
+    DirectSupport,
     direct_padding,
     read_block_file,
     unlink_quietly,
@@ -124,8 +125,9 @@ class BlockCache(CacheSpace):
         self._dir = os.fspath(directory)
         self._tmp_dir = os.path.join(self._dir, schema.TMP_DIR)
         self._tmp_names = itertools.count()  # next() is atomic under the GIL
-        self._files = BlockFileWriter()
-        self._reader = BlockFileReader(block_size)
+        direct = DirectSupport()
+        self._files = BlockFileWriter(direct)
+        self._reader = BlockFileReader(block_size, support=direct)
 
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)

@@ -17,7 +17,8 @@ Only the header with the data's bytes before that boundary, and the last partial
 copied into a small pooled buffer, the latter padded with zeros; so a block file may end
 with zeros after its data, up to the next page boundary (format version 3). Filesystems
 without O_DIRECT (tmpfs on older kernels, some FUSE or network filesystems) answer EINVAL;
-the writer then uses the page cache for the rest of its life.
+the cache then writes and reads its block files through the page cache for the rest of its
+life (`DirectSupport`, one decision for both).
 """
 
 from __future__ import annotations
@@ -70,12 +71,33 @@ def direct_padding(header_size: int, data: bytes) -> int | None:
     return -(header_size + lead) % ALIGN
 
 
+class DirectSupport:
+    """Whether the cache's filesystem takes O_DIRECT, until it first answers EINVAL. One for a
+    cache's writes and reads together: a filesystem that refuses it refuses both."""
+
+    def __init__(self) -> None:
+        self.ok = True
+
+    def refused(self, how: object) -> None:
+        if self.ok:
+            self.ok = False
+            log.info(
+                "the cache filesystem refuses O_DIRECT (%s): block files are written and read "
+                "through the page cache",
+                how,
+            )
+
+
 class BlockFileWriter:
     """Writes block files. Thread-safe (the copy buffers come from an `AlignedPool`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, support: DirectSupport | None = None) -> None:
         self._buffers = directio.AlignedPool(_HEAD + ALIGN, DIRECT_BUFFERS)
-        self.direct_supported = True  # until the filesystem says EINVAL once
+        self.support = support or DirectSupport()
+
+    @property
+    def direct_supported(self) -> bool:
+        return self.support.ok
 
     def write(self, path: str, header: bytes, pad: int, data: bytes, *, direct: bool) -> None:
         """Create `path` (exclusively) holding `header`, `pad` zero bytes, then `data`.
@@ -117,7 +139,7 @@ class BlockFileWriter:
             # this put's alone, and the buffered write that follows needs it free.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            self._unsupported(exc)
+            self.support.refused(exc)
             return False
         try:
             with memoryview(buffer) as copied, memoryview(data) as own:
@@ -133,16 +155,11 @@ class BlockFileWriter:
             if exc.errno != errno.EINVAL:
                 raise  # the caller removes the temp file
             os.unlink(path)
-            self._unsupported(exc)
+            self.support.refused(exc)
             return False
         finally:
             os.close(fd)
         return True
-
-    def _unsupported(self, exc: OSError) -> None:
-        if self.direct_supported:
-            self.direct_supported = False
-            log.info("the cache filesystem refuses O_DIRECT (%s): writing blocks buffered", exc)
 
 
 def _write_buffered(path: str, buffers: tuple[bytes, ...]) -> None:
@@ -196,13 +213,19 @@ class BlockFileReader:
     the fetcher reads those, as every demand read, with `read_block_file`.
     """
 
-    def __init__(self, block_size: int, count: int = DIRECT_BUFFERS) -> None:
+    def __init__(
+        self, block_size: int, count: int = DIRECT_BUFFERS, support: DirectSupport | None = None
+    ) -> None:
         # A file written with O_DIRECT: header (at most MAX_DIRECT_HEADER), padding (less
         # than a page), the data and zeros up to a page; one page more tells a file too
         # large for the buffer from one that fits exactly.
         self._pool = directio.AlignedPool(block_size + MAX_DIRECT_HEADER + 3 * ALIGN, count)
         self._block_size = block_size
-        self.direct_supported = True  # until the filesystem says EINVAL once
+        self.support = support or DirectSupport()
+
+    @property
+    def direct_supported(self) -> bool:
+        return self.support.ok
 
     def read(self, path: str, bkey: BlockKey) -> bytes | str:
         """As `read_block_file`; through the page cache where O_DIRECT does not apply."""
@@ -224,7 +247,7 @@ class BlockFileReader:
         larger than any block file)."""
         fd = directio.open_direct(path, os.O_RDONLY)
         if fd < 0:
-            self._unsupported("open")
+            self.support.refused("open")
             return None
         try:
             with self._pool.take() as buffer, memoryview(buffer) as view:
@@ -233,7 +256,7 @@ class BlockFileReader:
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
-                    self._unsupported("read")
+                    self.support.refused("read")
                     return None
                 if got == len(view):  # larger than any block file: let the checks say why
                     return None
@@ -252,11 +275,6 @@ class BlockFileReader:
 
     def close(self) -> None:
         self._pool.close()
-
-    def _unsupported(self, what: str) -> None:
-        if self.direct_supported:
-            self.direct_supported = False
-            log.info("the cache filesystem refuses O_DIRECT (%s): reading blocks buffered", what)
 
 
 def _check_layout(header: schema.BlockHeader, file_size: int, block_size: int) -> str | None:
