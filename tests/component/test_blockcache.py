@@ -97,7 +97,10 @@ def assert_consistent(cache: BlockCache) -> None:
     recorded = {bid for bid, _ in cache.index.items(schema.DB_BLOCKS)}
     assert recorded == set(entries)
     assert files_on_disk(cache.directory) == set(entries)
-    assert not os.listdir(cache.directory / "tmp")
+    # Nothing in tmp/ but the evicted files kept for reuse (recycle.py).
+    spares = os.listdir(cache.directory / "tmp")
+    assert all(name.startswith("free.") for name in spares), spares
+    assert len(spares) == len(cache._spares)
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:

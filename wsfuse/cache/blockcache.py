@@ -11,7 +11,8 @@ threads, concurrently. One `threading.Lock` guards all in-memory state; file rea
 run outside it, the short namespace steps (rename into place + index record) inside it, so the
 in-memory map, the index and the files change together:
 
-    LOCK ORDER: BlockCache._lock before LMDB's write lock (the index never calls back).
+    LOCK ORDER: BlockCache._lock before LMDB's write lock and before FilePool._lock (neither
+    calls back).
 
 Where each block id is (cached, being written, being removed), the bytes it takes and which
 blocks to evict are `CacheSpace`'s (space.py), which BlockCache extends; reconciling the
@@ -36,13 +37,13 @@ from typing import Final
 import google_crc32c
 import lmdb
 
-from wsfuse import directio
 from wsfuse.cache import schema
 from wsfuse.cache.accesstimes import AccessTimes
 from wsfuse.cache.blockfile import (
     BlockFileReader,
     BlockFileWriter,
     DirectSupport,
+    block_file_size,
     direct_padding,
     read_block_file,
     unlink_quietly,
@@ -50,6 +51,7 @@ from wsfuse.cache.blockfile import (
 from wsfuse.cache.index import MetadataIndex
 from wsfuse.cache.lock import CacheDirLock
 from wsfuse.cache.recovery import reconcile
+from wsfuse.cache.recycle import RECYCLE_FILES, FilePool
 from wsfuse.cache.schema import BlockKey, BlockRecord, block_id, block_relpath
 from wsfuse.cache.space import CacheSpace, DiskFree
 
@@ -88,6 +90,8 @@ class CacheStatistics:
     bytes_written: int
     #: puts not cached: no room (capacity, free-space guard) or a failed write
     skipped: int
+    #: puts written over an evicted block's file instead of a new one (recycle.py)
+    reused_files: int = 0
 
 
 class BlockCache(CacheSpace):
@@ -97,6 +101,8 @@ class BlockCache(CacheSpace):
     Thread-safe. Nothing raises to a reader for a cache problem: a bad block is a miss, a
     block that cannot be stored is not cached (one rate-limited WARNING). Only programming
     errors raise (`ValueError` for a block larger than `block_size`).
+
+    `spare_files`: evicted files kept for later puts to write over (recycle.py; 0: none).
 
     The constructor takes the directory's `CacheDirLock` (unless the caller passes the one it
     holds), opens the index at `directory/index` (unless given one, which then stays the
@@ -115,6 +121,7 @@ class BlockCache(CacheSpace):
         lock: CacheDirLock | None = None,
         disk_free: DiskFree | None = None,
         clock: Clock = time.time,
+        spare_files: int = RECYCLE_FILES,
     ) -> None:
         if block_size <= 0 or capacity < 0 or min_free < 0:
             raise ValueError("block_size must be positive, capacity and min_free non-negative")
@@ -128,12 +135,13 @@ class BlockCache(CacheSpace):
         direct = DirectSupport()
         self._files = BlockFileWriter(direct)
         self._reader = BlockFileReader(block_size, support=direct)
+        self._spares = FilePool(self._tmp_dir, spare_files)
 
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)
         self._atimes = AccessTimes()
         self._hits = self._misses = self._corrupt = 0
-        self._bytes_written = self._skipped = 0
+        self._bytes_written = self._skipped = self._reused = 0
         self._last_skip_warning = -math.inf
         self._skips_unreported = 0
         self._closed = False
@@ -212,6 +220,11 @@ class BlockCache(CacheSpace):
             except OSError as exc:
                 result = f"cannot read it: {exc}"
             if isinstance(result, str):
+                with self._lock:
+                    if self._removals != removals:
+                        # Removed meanwhile: its file may be an evicted one being written
+                        # over for another block (recycle.py). Look again.
+                        continue
                 self._drop_corrupt(bid, bkey, path, result)
                 return None
             now = self._clock()
@@ -277,9 +290,11 @@ class BlockCache(CacheSpace):
             raise ValueError(f"{size} bytes is larger than the block size {self._block_size}")
         bid = block_id(bkey)
         hsize = schema.header_size(bkey)
-        pad = direct_padding(hsize, data) if direct and self._files.direct_supported else None
-        disk_bytes = hsize + size if pad is None else directio.align_up(hsize + pad + size)
-        pad = pad or 0
+        direct_pad = (
+            direct_padding(hsize, data) if direct and self._files.direct_supported else None
+        )
+        disk_bytes = block_file_size(hsize, direct_pad, size)
+        pad = direct_pad or 0
         now = self._clock()
         with self._lock:
             if self._closed or bid in self._writing or bid in self._unlinking:
@@ -298,20 +313,20 @@ class BlockCache(CacheSpace):
         if refusal is not None:
             self._skip(*refusal)
             return
-        tmp = os.path.join(self._tmp_dir, f"{bid.hex()}.{next(self._tmp_names)}{schema.TMP_SUFFIX}")
+        tmp, reuse = self._temp_file(bid, direct_write=direct_pad is not None)
         failure: str | None = None
         reserved, renamed = True, False
         try:
             if crc is None:
                 crc = google_crc32c.value(data)
             header = schema.pack_block_header(bkey, size, crc, pad)
-            self._files.write(tmp, header, pad, data, direct=direct)
+            reused = self._files.write(tmp, header, pad, data, direct=direct, reuse=reuse)
             record = BlockRecord(size, crc, now).pack()
             with self._lock:
                 reserved = False
                 doomed = self._end_write_locked(bid, size, disk_bytes)
                 if not (doomed or self._closed):
-                    failure = self._commit_locked(tmp, bid, record, size)
+                    failure = self._commit_locked(tmp, bid, record, size, reused)
                     renamed = failure is None
         except OSError as exc:
             failure = _describe_write_error(exc)
@@ -324,7 +339,16 @@ class BlockCache(CacheSpace):
         if failure is not None:
             self._skip(failure, warn=True)
 
-    def _commit_locked(self, tmp: str, bid: bytes, record: bytes, size: int) -> str | None:
+    def _temp_file(self, bid: bytes, *, direct_write: bool) -> tuple[str, bool]:
+        """A temp file name for a put of `bid`, and whether an evicted file was moved there
+        to be written over (recycle.py): only for O_DIRECT writes, which write whole pages
+        and so never read the old file first."""
+        tmp = os.path.join(self._tmp_dir, f"{bid.hex()}.{next(self._tmp_names)}{schema.TMP_SUFFIX}")
+        return tmp, direct_write and self._spares.take(tmp)
+
+    def _commit_locked(
+        self, tmp: str, bid: bytes, record: bytes, size: int, reused: bool
+    ) -> str | None:
         """Publish a written block; returns why it failed, or None. Rename first, record
         second, so the index never names an incomplete file; both under the lock, so no
         eviction or invalidation sees one without the other."""
@@ -347,6 +371,7 @@ class BlockCache(CacheSpace):
         self._entries[bid] = size
         self._cached_bytes += size
         self._bytes_written += size
+        self._reused += reused
         return None
 
     def invalidate_object(self, key: str) -> int:
@@ -381,6 +406,7 @@ class BlockCache(CacheSpace):
                 evictions=self._evictions,
                 bytes_written=self._bytes_written,
                 skipped=self._skipped,
+                reused_files=self._reused,
             )
 
     def sync(self) -> None:
@@ -403,6 +429,7 @@ class BlockCache(CacheSpace):
             try:
                 self._files.close()
                 self._reader.close()
+                self._spares.close()
             finally:
                 if self._owns_index:
                     self._index.close()
@@ -438,14 +465,22 @@ class BlockCache(CacheSpace):
 
     def _remove(self, victims: Sequence[tuple[bytes, int]]) -> None:
         """Delete the files and records of `victims` (ids in `_unlinking`), outside the lock:
-        freeing a file's extents is the slow part of eviction."""
+        freeing a file's extents is the slow part of eviction. Far from the free-space guard,
+        a few files are kept for the next puts to write over instead (recycle.py)."""
+        with self._lock:
+            recycle = self._spares.wants() and self._room_to_recycle_locked(
+                self._spares.limit * self._block_size
+            )
         for bid, _ in victims:
+            path = self._path(bid)
+            if recycle and self._spares.give(path):
+                continue
             try:
-                os.unlink(self._path(bid))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("cannot remove cache block %s: %s", self._path(bid), exc)
+                log.warning("cannot remove cache block %s: %s", path, exc)
         try:
             # After the files: a crash in between leaves records without files, which the
             # next startup drops (the other order would leave orphan files, also cleaned).

@@ -71,6 +71,14 @@ def direct_padding(header_size: int, data: bytes) -> int | None:
     return -(header_size + lead) % ALIGN
 
 
+def block_file_size(header_size: int, direct_pad: int | None, size: int) -> int:
+    """The bytes a block file of `size` data bytes takes: with O_DIRECT (`direct_pad` not
+    None), padded after the header and rounded up to a page."""
+    if direct_pad is None:
+        return header_size + size
+    return directio.align_up(header_size + direct_pad + size)
+
+
 class DirectSupport:
     """Whether the cache's filesystem takes O_DIRECT, until it first answers EINVAL. One for a
     cache's writes and reads together: a filesystem that refuses it refuses both."""
@@ -99,21 +107,29 @@ class BlockFileWriter:
     def direct_supported(self) -> bool:
         return self.support.ok
 
-    def write(self, path: str, header: bytes, pad: int, data: bytes, *, direct: bool) -> None:
+    def write(
+        self, path: str, header: bytes, pad: int, data: bytes, *, direct: bool, reuse: bool = False
+    ) -> bool:
         """Create `path` (exclusively) holding `header`, `pad` zero bytes, then `data`.
         With `direct`, and when `pad` was `direct_padding`'s for this `data` and the
-        filesystem allows it, with O_DIRECT (then with zeros after the data up to a page)."""
+        filesystem allows it, with O_DIRECT (then with zeros after the data up to a page).
+        With `reuse`, `path` is an old block file (recycle.py), written over and cut to
+        length; where O_DIRECT does not apply it is deleted and created anew. Returns
+        whether an old file was written over."""
         if direct and self.direct_supported and direct_padding(len(header), data) == pad:
             with self._buffers.take() as buffer:
-                if self._write_direct(path, buffer, header, pad, data):
-                    return
+                if self._write_direct(path, buffer, header, pad, data, reuse):
+                    return reuse
+        if reuse:
+            unlink_quietly(path)  # a buffered write over it could read its old pages first
         _write_buffered(path, (header, bytes(pad), data) if pad else (header, data))
+        return False
 
     def close(self) -> None:
         self._buffers.close()
 
     def _write_direct(
-        self, path: str, buffer: mmap.mmap, header: bytes, pad: int, data: bytes
+        self, path: str, buffer: mmap.mmap, header: bytes, pad: int, data: bytes, reuse: bool
     ) -> bool:
         """False when the filesystem refuses O_DIRECT (nothing is left behind)."""
         start = len(header) + pad
@@ -129,7 +145,9 @@ class BlockFileWriter:
         if tail:
             buffer[_HEAD : _HEAD + tail] = data[body_end:]
             buffer[_HEAD + tail : _HEAD + ALIGN] = bytes(ALIGN - tail)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_DIRECT
+        flags = os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT
+        if not reuse:
+            flags |= os.O_CREAT | os.O_EXCL
         try:
             fd = os.open(path, flags, 0o600)
         except OSError as exc:
@@ -151,6 +169,8 @@ class BlockFileWriter:
                 # written the same way, and only happens when the disk is full.
                 if os.pwritev(fd, pieces, 0) != expected:
                     raise OSError(errno.ENOSPC, "short write")
+            if reuse and os.fstat(fd).st_size != expected:
+                os.ftruncate(fd, expected)  # an old file longer than this block
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise  # the caller removes the temp file

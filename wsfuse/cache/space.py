@@ -55,6 +55,7 @@ class CacheSpace:
         self._disk_free = disk_free or self._sampled_free
         self._free_sample: tuple[int, float] | None = None  # (bytes free, monotonic time)
         self._written_since_sample = 0  # disk bytes of puts ended since that sample
+        self._last_free: int | None = None  # what the last put's `_disk_free()` said
 
         # GUARDED_BY: BlockCache._lock (everything below)
         # INVARIANT: _entries, _writing and _unlinking are pairwise disjoint.
@@ -88,8 +89,9 @@ class CacheSpace:
         while self._cached_bytes + self._reserved + size > self._capacity:
             victims.append(self._pop_lru_locked())
         try:
-            free = self._disk_free()
+            free = self._last_free = self._disk_free()
         except OSError as exc:
+            self._last_free = None
             return victims, (f"cannot measure free space: {exc}", True)
         # Space being freed by removals in flight counts as free; space promised to writes in
         # flight does not. So concurrent puts neither over-evict nor overshoot the guard.
@@ -133,6 +135,14 @@ class CacheSpace:
             self._doomed.discard(bid)
             return True
         return False
+
+    def _room_to_recycle_locked(self, spare_bytes: int) -> bool:
+        """Whether evicted files may be kept for reuse (recycle.py), `spare_bytes` at most:
+        only while the last put found the disk well above the guard, so that the guard's
+        evictions free space rather than fill the pool. (No measurement of its own: a
+        removal follows the put that measured, or is rare.)"""
+        free = self._last_free
+        return free is not None and free - self._min_free > 2 * spare_bytes
 
     def _sampled_free(self) -> int:
         """Free bytes on the cache's disk, from a recent `statvfs` when far from the guard
