@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -167,35 +169,72 @@ def test_near_the_free_space_guard_evicted_files_are_deleted(
     assert not spares_on_disk(cache)
 
 
-def test_a_read_of_a_file_being_written_over_is_a_quiet_miss(
+def test_a_file_being_read_is_deleted_not_written_over(
     open_cache: Callable[..., BlockCache],
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The reader opened the block's file; then it was evicted and a put wrote another
-    block over it. What the reader sees fails verification: a miss, not a corrupt block."""
+    """The reader has opened the block's file when a put evicts it: the file is deleted (the
+    reader's descriptor keeps it whole), not handed to the put to write over."""
     cache = open_cache(capacity=BS)
     mine, other = BlockKey("mine", "e", 0), BlockKey("other", "e", 0)
     cache.put(mine, data_of(mine), direct=True)
     real_read = blockcache.read_block_file
 
-    def read_while_written_over(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
+    def read_while_evicted(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
         fd = os.open(path, os.O_RDONLY)  # opened before the eviction
         try:
-            cache.put(other, data_of(other), direct=True)  # evicts `mine`, reuses its file
-            assert cache.statistics().reused_files == 1
+            cache.put(other, data_of(other), direct=True)  # evicts `mine`
+            assert not os.path.exists(path)
             return real_read(f"/proc/self/fd/{fd}", bkey, block_size)
         finally:
             os.close(fd)
 
-    monkeypatch.setattr(blockcache, "read_block_file", read_while_written_over)
+    monkeypatch.setattr(blockcache, "read_block_file", read_while_evicted)
     with caplog.at_level(logging.WARNING):
-        assert cache.get(mine) is None
+        assert cache.get(mine) == data_of(mine)  # what it opened, whole
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     stats = cache.statistics()
-    assert stats.corrupt == 0 and stats.misses == 1
+    assert stats.evictions == 1 and stats.reused_files == 0 and stats.corrupt == 0
+    assert not spares_on_disk(cache) and not cache._reading
     monkeypatch.setattr(blockcache, "read_block_file", real_read)
-    assert cache.get(other) == data_of(other)
+    assert cache.get(other) == data_of(other) and not cache.contains(mine)
+
+
+def test_a_corrupt_block_is_dropped_as_corrupt_while_evictions_run_and_not_reused(
+    open_cache: Callable[..., BlockCache],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = open_cache(capacity=4 * BS)
+    bad = BlockKey("bad", "e", 0)
+    cache.put(bad, data_of(bad), direct=True)
+    path = block_file(cache, bad)
+    raw = bytearray(path.read_bytes())
+    raw[-5000] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    real_read = blockcache.read_block_file
+    churn = iter(range(1000))
+
+    def read_while_others_are_evicted(p: str, bkey: BlockKey, block_size: int) -> bytes | str:
+        for _ in range(2):  # other blocks come and go meanwhile
+            other = BlockKey("other", "e", next(churn))
+            cache.put(other, data_of(other), direct=True)
+            cache.invalidate_object("other")
+        return real_read(p, bkey, block_size)
+
+    monkeypatch.setattr(blockcache, "read_block_file", read_while_others_are_evicted)
+    bad_inode = path.stat().st_ino
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(bad) is None
+    assert "corrupt" in caplog.text
+    stats = cache.statistics()
+    assert stats.corrupt == 1 and not cache.contains(bad)
+    spares = cache.directory / schema.TMP_DIR
+    assert spares_on_disk(cache)  # the churn's evicted files are kept...
+    # ...but not the bad one: deleted.
+    assert bad_inode not in {(spares / n).stat().st_ino for n in spares_on_disk(cache)}
+    assert not path.exists()
 
 
 def test_a_spare_that_cannot_take_o_direct_is_replaced_by_a_new_file(
@@ -230,4 +269,72 @@ def test_the_pool_is_bounded(open_cache: Callable[..., BlockCache]) -> None:
     keys = [BlockKey("k", "e", i) for i in range(3 * recycle.RECYCLE_FILES + 8)]
     for bkey in keys:
         cache.put(bkey, data_of(bkey, 4096))  # 4 KiB: buffered, so no spare is taken
-    assert len(spares_on_disk(cache)) == recycle.RECYCLE_FILES
+    assert len(spares_on_disk(cache)) == len(cache._spares) == recycle.RECYCLE_FILES
+    assert cache.statistics().evictions == 2 * recycle.RECYCLE_FILES
+
+
+def test_near_the_free_space_guard_the_spares_are_deleted(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    free = [100 << 30]
+    cache = open_cache(capacity=2 * BS, min_free=1 << 30, disk_free=lambda: free[0])
+    keys = [BlockKey("k", "e", i) for i in range(4)]
+    for bkey in keys:
+        cache.put(bkey, data_of(bkey))  # buffered: the evicted files stay spares
+    assert len(spares_on_disk(cache)) == 2
+    free[0] = (1 << 30) + 10 * BS  # something else filled the disk
+    last = BlockKey("k", "e", 9)
+    cache.put(last, data_of(last))
+    assert not spares_on_disk(cache) and len(cache._spares) == 0
+    assert cache.get(last) == data_of(last)
+
+
+def test_no_spares_are_kept_once_o_direct_is_refused(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    cache = open_cache(capacity=2 * BS)
+    keys = [BlockKey("k", "e", i) for i in range(3)]
+    for bkey in keys:
+        cache.put(bkey, data_of(bkey))
+    assert len(spares_on_disk(cache)) == 1
+    cache._files.support.refused("a test")  # as after an EINVAL: nothing will take them
+    nxt = BlockKey("k", "e", 3)
+    cache.put(nxt, data_of(nxt))
+    assert not spares_on_disk(cache)
+
+
+def test_readers_and_direct_puts_on_a_full_cache_from_8_threads(
+    open_cache: Callable[..., BlockCache], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Files are written over all the time while other threads read: every read is a miss or
+    the exact block, never a corrupt one."""
+    cache = open_cache(capacity=6 * BS)
+    universe = [BlockKey(f"o{k}", "e", i) for k in range(4) for i in range(5)]
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(100):
+                bkey = rng.choice(universe)
+                if seed % 2:
+                    cache.put(bkey, data_of(bkey), direct=True)
+                else:
+                    assert cache.get(bkey, direct=rng.random() < 0.5) in (None, data_of(bkey))
+        except BaseException as exc:
+            errors.append(exc)
+
+    with caplog.at_level(logging.WARNING):
+        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    stats = cache.statistics()
+    assert stats.corrupt == 0 and stats.hits > 0 and stats.reused_files > 0
+    assert not cache._reading
+    assert len(spares_on_disk(cache)) == len(cache._spares) <= recycle.RECYCLE_FILES
+    for bkey in universe:
+        assert cache.get(bkey) in (None, data_of(bkey))

@@ -305,6 +305,10 @@ def test_the_cache_stays_within_cache_size(bucket: S3Bucket, mounter: Any, tmp_p
     assert status["cache_capacity"] == 4 * BLOCK
     assert 0 < status["cache_bytes"] <= 4 * BLOCK
     assert 0 < _block_files_settled(tmp_path / "cache", 4) <= 4
+    status = m.status()
+    assert status["cache_evictions"] >= 16 - 4
+    # Blocks handed to the reader are stored with O_DIRECT, over the files just evicted.
+    assert status["cache_reused_files"] >= 1
     m.stop()
     bucket.server.reset_stats()
     m2 = mounter("--cache-size", "4M")  # what was evicted comes from the bucket again

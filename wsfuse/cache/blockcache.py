@@ -28,7 +28,7 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +37,11 @@ from typing import Final
 import google_crc32c
 import lmdb
 
+from wsfuse import directio
 from wsfuse.cache import schema
 from wsfuse.cache.accesstimes import AccessTimes
 from wsfuse.cache.blockfile import (
+    MAX_DIRECT_HEADER,
     BlockFileReader,
     BlockFileWriter,
     DirectSupport,
@@ -140,6 +142,8 @@ class BlockCache(CacheSpace):
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)
         self._atimes = AccessTimes()
+        # Reads in progress per block id: `_remove` deletes their files, never recycles them.
+        self._reading: Counter[bytes] = Counter()
         self._hits = self._misses = self._corrupt = 0
         self._bytes_written = self._skipped = self._reused = 0
         self._last_skip_warning = -math.inf
@@ -203,11 +207,9 @@ class BlockCache(CacheSpace):
                     self._misses += 1
                     return None
                 removals = self._removals
+                self._reading[bid] += 1
             try:
-                if direct:
-                    result = self._reader.read(path, bkey)
-                else:
-                    result = read_block_file(path, bkey, self._block_size)
+                result = self._read_file(bid, path, bkey, direct)
             except FileNotFoundError:
                 with self._lock:
                     if self._removals != removals:
@@ -217,14 +219,7 @@ class BlockCache(CacheSpace):
                 # Nothing was removed meanwhile: the file went behind the cache's back.
                 self._drop_corrupt(bid, bkey, path, "its file is missing")
                 return None
-            except OSError as exc:
-                result = f"cannot read it: {exc}"
             if isinstance(result, str):
-                with self._lock:
-                    if self._removals != removals:
-                        # Removed meanwhile: its file may be an evicted one being written
-                        # over for another block (recycle.py). Look again.
-                        continue
                 self._drop_corrupt(bid, bkey, path, result)
                 return None
             now = self._clock()
@@ -244,8 +239,27 @@ class BlockCache(CacheSpace):
             self._misses += 1
             victim = self._pop_locked(bid, evicted=False) if bid in self._entries else None
         if victim is not None:
-            self._remove([victim])
+            self._remove([victim], recycle=False)
         return None
+
+    def _read_file(self, bid: bytes, path: str, bkey: BlockKey, direct: bool) -> bytes | str:
+        """The verified block, or why not; FileNotFoundError if the file is gone. The caller
+        counted this read in `_reading` (released here): meanwhile an eviction deletes the
+        file instead of handing it to a put to write over (recycle.py), so what the reader
+        opened stays whole, as a deleted file does behind an open descriptor."""
+        try:
+            if direct:
+                return self._reader.read(path, bkey)
+            return read_block_file(path, bkey, self._block_size)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            return f"cannot read it: {exc}"
+        finally:
+            with self._lock:
+                self._reading[bid] -= 1
+                if not self._reading[bid]:
+                    del self._reading[bid]
 
     def get_slice(self, bkey: BlockKey, offset: int, length: int) -> bytes | None:
         """Bytes `[offset, offset + length)` of the block (fewer at its end), or None on a miss.
@@ -459,21 +473,26 @@ class BlockCache(CacheSpace):
             if bid not in self._entries:
                 return  # already evicted or invalidated by another thread
             victim = self._pop_locked(bid, evicted=False)
-        self._remove([victim])
+        self._remove([victim], recycle=False)  # a file that failed is not reused
 
     # ------------------------------------------------------------------ removal and skips
 
-    def _remove(self, victims: Sequence[tuple[bytes, int]]) -> None:
+    def _remove(self, victims: Sequence[tuple[bytes, int]], *, recycle: bool = True) -> None:
         """Delete the files and records of `victims` (ids in `_unlinking`), outside the lock:
-        freeing a file's extents is the slow part of eviction. Far from the free-space guard,
-        a few files are kept for the next puts to write over instead (recycle.py)."""
+        freeing a file's extents is the slow part of eviction. With `recycle`, far from the
+        free-space guard and where puts write with O_DIRECT, a few files nobody is reading
+        are kept for the next puts to write over instead (recycle.py); near the guard, the
+        spares are deleted too."""
         with self._lock:
-            recycle = self._spares.wants() and self._room_to_recycle_locked(
-                self._spares.limit * self._block_size
+            room = self._files.direct_supported and self._room_to_recycle_locked(
+                self._spares.limit * (self._block_size + MAX_DIRECT_HEADER + 2 * directio.ALIGN)
             )
+            keep = {bid for bid, _ in victims if bid not in self._reading} if room else set()
+        if not room:
+            self._spares.drain()
         for bid, _ in victims:
             path = self._path(bid)
-            if recycle and self._spares.give(path):
+            if recycle and bid in keep and self._spares.give(path):
                 continue
             try:
                 os.unlink(path)

@@ -12,10 +12,10 @@ blocks took 2,380 µs of wall time and 1,051 µs of CPU per block with unlink an
 
 The pool is a few files (`RECYCLE_FILES`) in the cache's tmp/ directory, under names that
 startup's reconciliation removes like any other debris. Only O_DIRECT puts take from it: they
-write whole pages, so writing over an old file never reads it first. A reader that opened a
-file just before it was evicted may see it being overwritten; `BlockCache.get` treats a block
-that fails verification while a removal happened as evicted (a miss), since every block file
-is checked against its key and CRC32C before its bytes are used.
+write whole pages, so writing over an old file never reads it first. A file being read is
+never handed out: `BlockCache` counts the reads in progress per block and deletes an evicted
+file that is being read, so a reader keeps seeing the whole file it opened, as with any
+deleted file behind an open descriptor.
 """
 
 from __future__ import annotations
@@ -102,10 +102,15 @@ class FilePool:
                 unlink_quietly(spare)
                 return False
 
+    def drain(self) -> None:
+        """Delete the spare files (the disk needs their space, or nothing will take them)."""
+        with self._lock:
+            spares, self._spare = self._spare, []
+        for spare in spares:
+            unlink_quietly(spare)
+
     def close(self) -> None:
         """Delete the spare files; later gives are refused."""
         with self._lock:
             self._closed = True
-            spares, self._spare = self._spare, []
-        for spare in spares:
-            unlink_quietly(spare)
+        self.drain()

@@ -543,6 +543,8 @@ class Filesystem(Mutations):
             "cache_hits": cache.hits,
             "cache_misses": cache.misses,
             "cache_corrupt": cache.corrupt,
+            "cache_evictions": cache.evictions,
+            "cache_reused_files": cache.reused_files,
             "hit_ratio": cache.hits / max(1, cache.hits + cache.misses),
             "backend_requests": self.backend.requests,
             "backend_bytes": self.backend.bytes_received,
