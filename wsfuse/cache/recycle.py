@@ -7,8 +7,9 @@ inode and new extents, and an O_DIRECT write into new extents is an extending wr
 converts unwritten extents when it completes. On ext4 without a journal every new inode also
 skips the inodes deleted in the last minutes, one inode-table lookup each (docs/performance.md,
 session 9): a reused file allocates no inode at all. On the test VM a full cache storing 1 MiB
-blocks took 2,380 µs of wall time and 1,051 µs of CPU per block with unlink and create, and
-882 µs and 341 µs writing over evicted files (`bench/cache_churn.py`; docs/cache.md).
+blocks took 1,732-2,380 µs of wall time and 435-1,051 µs of CPU per block with unlink and
+create, and 882-1,106 µs and 341-423 µs writing over evicted files (`bench/cache_churn.py`,
+three runs; docs/cache.md).
 
 The pool is a few files (`RECYCLE_FILES`) in the cache's tmp/ directory, under names that
 startup's reconciliation removes like any other debris. Only O_DIRECT puts take from it: they
