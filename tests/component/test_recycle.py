@@ -60,7 +60,7 @@ def test_the_pool_keeps_files_up_to_its_limit_and_hands_them_out(tmp_path: Path)
         f.write_bytes(bytes([i]) * 10)
     inodes = {f.stat().st_ino for f in files[:2]}
     assert pool.give(str(files[0])) and pool.give(str(files[1]))
-    assert not pool.wants() and not pool.give(str(files[2]))  # full: still the caller's
+    assert not pool.give(str(files[2]))  # full: still the caller's
     assert files[2].exists() and len(pool) == 2
     taken = [tmp_path / "a", tmp_path / "b"]
     assert all(pool.take(str(t)) for t in taken)
@@ -74,7 +74,7 @@ def test_a_missing_file_is_not_kept_and_a_spare_removed_behind_the_pools_back_is
 ) -> None:
     pool = FilePool(str(tmp_path))
     assert not pool.give(str(tmp_path / "nothing-here"))
-    assert len(pool) == 0 and pool.wants()
+    assert len(pool) == 0
     for name in ("x", "y"):
         (tmp_path / name).write_bytes(b"1")
         assert pool.give(str(tmp_path / name))
@@ -91,7 +91,7 @@ def test_closing_the_pool_deletes_its_spares_and_refuses_more(tmp_path: Path) ->
     pool.close()
     assert not os.listdir(tmp_path)
     (tmp_path / "y").write_bytes(b"1")
-    assert not pool.wants() and not pool.give(str(tmp_path / "y"))
+    assert not pool.give(str(tmp_path / "y"))
     assert not pool.take(str(tmp_path / "z"))
 
 
@@ -201,7 +201,50 @@ def test_a_file_being_read_is_deleted_not_written_over(
     assert cache.get(other) == data_of(other) and not cache.contains(mine)
 
 
-def test_a_corrupt_block_is_dropped_as_corrupt_while_evictions_run_and_not_reused(
+def test_a_file_being_read_with_o_direct_or_invalidated_is_deleted_not_written_over(
+    open_cache: Callable[..., BlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, on the O_DIRECT read path, and with the block invalidated (an object
+    overwritten) rather than evicted."""
+    cache = open_cache(capacity=4 * BS)
+    mine, other = BlockKey("mine", "e", 0), BlockKey("other", "e", 0)
+    cache.put(mine, data_of(mine), direct=True)
+    real_read = cache._reader.read
+
+    def read_while_invalidated(path: str, bkey: BlockKey) -> bytes | str:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert cache.invalidate_object("mine") == 1
+            cache.put(other, data_of(other), direct=True)  # would take a spare if there were one
+            return real_read(f"/proc/self/fd/{fd}", bkey)
+        finally:
+            os.close(fd)
+
+    monkeypatch.setattr(cache._reader, "read", read_while_invalidated)
+    assert cache.get(mine, direct=True) == data_of(mine)
+    assert cache.statistics().reused_files == 0 and not spares_on_disk(cache)
+    monkeypatch.undo()
+    assert cache.get(other, direct=True) == data_of(other)
+
+
+def test_a_drain_wins_over_a_give_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = FilePool(str(tmp_path))
+    (tmp_path / "x").write_bytes(b"1")
+    real_rename = os.rename
+
+    def rename_then_drain(src: str, dst: str) -> None:
+        real_rename(src, dst)
+        pool.drain()  # another thread found the disk near the guard meanwhile
+
+    monkeypatch.setattr(recycle.os, "rename", rename_then_drain)
+    assert pool.give(str(tmp_path / "x"))  # handled: the file is gone, not kept
+    monkeypatch.undo()
+    assert len(pool) == 0 and not os.listdir(tmp_path)
+
+
+def test_a_corrupt_block_is_dropped_as_corrupt_while_other_blocks_go_and_not_reused(
     open_cache: Callable[..., BlockCache],
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,

@@ -11,8 +11,8 @@ threads, concurrently. One `threading.Lock` guards all in-memory state; file rea
 run outside it, the short namespace steps (rename into place + index record) inside it, so the
 in-memory map, the index and the files change together:
 
-    LOCK ORDER: BlockCache._lock before LMDB's write lock and before FilePool._lock (neither
-    calls back).
+    LOCK ORDER: BlockCache._lock before LMDB's write lock (the index never calls back); the
+    spare files' FilePool lock is never taken under it.
 
 Where each block id is (cached, being written, being removed), the bytes it takes and which
 blocks to evict are `CacheSpace`'s (space.py), which BlockCache extends; reconciling the
@@ -512,7 +512,9 @@ class BlockCache(CacheSpace):
                     self._unlinking_bytes -= size
 
     def _skip(self, reason: str, warn: bool = False) -> None:
-        """Count a put that was not cached; WARN at most once per `SKIP_WARNING_INTERVAL`."""
+        """Count a put that was not cached; WARN at most once per `SKIP_WARNING_INTERVAL`.
+        The spare files are deleted: no room or a failed write, their space is better free."""
+        self._spares.drain()
         now = time.monotonic()
         with self._lock:
             self._skipped += 1

@@ -49,16 +49,12 @@ class FilePool:
         # GUARDED_BY: _lock
         self._spare: list[str] = []
         self._incoming = 0  # gives between their check and their rename
+        self._drains = 0  # a give that started before a drain does not keep its file
         self._closed = False
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._spare)
-
-    def wants(self) -> bool:
-        """Whether a file given now would be kept (a hint: `give` decides)."""
-        with self._lock:
-            return not self._closed and len(self._spare) + self._incoming < self.limit
 
     def give(self, path: str) -> bool:
         """Keep the file at `path` (moved into the pool). False when the pool is full or
@@ -67,6 +63,7 @@ class FilePool:
             if self._closed or len(self._spare) + self._incoming >= self.limit:
                 return False
             self._incoming += 1
+            drains = self._drains
         spare = f"{self._dir}/free.{next(self._names)}{schema.TMP_SUFFIX}"
         try:
             os.rename(path, spare)
@@ -74,14 +71,14 @@ class FilePool:
             with self._lock:
                 self._incoming -= 1
             return False
-        if not self._keep(spare):
-            unlink_quietly(spare)  # closed meanwhile
+        if not self._keep(spare, drains):
+            unlink_quietly(spare)  # drained or closed meanwhile
         return True
 
-    def _keep(self, spare: str) -> bool:
+    def _keep(self, spare: str, drains: int) -> bool:
         with self._lock:
             self._incoming -= 1
-            if self._closed:
+            if self._closed or self._drains != drains:
                 return False
             self._spare.append(spare)
             return True
@@ -107,6 +104,7 @@ class FilePool:
         """Delete the spare files (the disk needs their space, or nothing will take them)."""
         with self._lock:
             spares, self._spare = self._spare, []
+            self._drains += 1
         for spare in spares:
             unlink_quietly(spare)
 
