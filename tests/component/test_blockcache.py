@@ -27,6 +27,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.component.threads import run_workers
 from wsfuse.cache import blockcache, schema, space
 from wsfuse.cache.blockcache import BlockCache
 from wsfuse.cache.index import MetadataIndex
@@ -819,35 +820,27 @@ def test_concurrent_random_operations_are_consistent(
     universe = [
         BlockKey(f"obj{k}", f"v{v}", i) for k in range(4) for v in range(2) for i in range(4)
     ]
-    errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for _ in range(400):
-                bkey = rng.choice(universe)
-                expected = block_data(bkey, block_size_of(bkey))
-                op = rng.random()
-                if op < 0.4:
-                    cache.put(bkey, expected)
-                elif op < 0.8:
-                    assert cache.get(bkey) in (None, expected)
-                elif op < 0.9:
-                    assert cache.get_slice(bkey, 100, 50) in (None, expected[100:150])
-                elif op < 0.95:
-                    cache.contains(bkey)
-                    cache.statistics()
-                else:
-                    cache.invalidate_object(bkey.key)
-        except BaseException as exc:
-            errors.append(exc)
+        for _ in range(400):
+            bkey = rng.choice(universe)
+            expected = block_data(bkey, block_size_of(bkey))
+            op = rng.random()
+            if op < 0.4:
+                cache.put(bkey, expected)
+            elif op < 0.8:
+                assert cache.get(bkey) in (None, expected)
+            elif op < 0.9:
+                assert cache.get_slice(bkey, 100, 50) in (None, expected[100:150])
+            elif op < 0.95:
+                cache.contains(bkey)
+                cache.statistics()
+            else:
+                cache.invalidate_object(bkey.key)
 
     with caplog.at_level(logging.WARNING):
-        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_workers(worker)
     assert not errors
     assert warnings_of(caplog) == []
     stats = cache.statistics()

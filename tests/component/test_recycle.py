@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import random
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.component.threads import run_workers
 from wsfuse import directio
 from wsfuse.cache import blockcache, recycle, schema
 from wsfuse.cache.blockcache import BlockCache
@@ -353,26 +353,18 @@ def test_readers_and_direct_puts_on_a_full_cache_from_8_threads(
     the exact block, never a corrupt one."""
     cache = open_cache(capacity=6 * BS)
     universe = [BlockKey(f"o{k}", "e", i) for k in range(4) for i in range(5)]
-    errors: list[BaseException] = []
 
     def worker(seed: int) -> None:
         rng = random.Random(seed)
-        try:
-            for _ in range(100):
-                bkey = rng.choice(universe)
-                if seed % 2:
-                    cache.put(bkey, data_of(bkey), direct=True)
-                else:
-                    assert cache.get(bkey, direct=rng.random() < 0.5) in (None, data_of(bkey))
-        except BaseException as exc:
-            errors.append(exc)
+        for _ in range(100):
+            bkey = rng.choice(universe)
+            if seed % 2:
+                cache.put(bkey, data_of(bkey), direct=True)
+            else:
+                assert cache.get(bkey, direct=rng.random() < 0.5) in (None, data_of(bkey))
 
     with caplog.at_level(logging.WARNING):
-        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        errors = run_workers(worker)
     assert not errors
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     stats = cache.statistics()
