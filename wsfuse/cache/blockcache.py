@@ -487,12 +487,12 @@ class BlockCache(CacheSpace):
             room = self._files.direct_supported and self._room_to_recycle_locked(
                 self._spares.limit * (self._block_size + MAX_DIRECT_HEADER + 2 * directio.ALIGN)
             )
-            keep = {bid for bid, _ in victims if bid not in self._reading} if room else set()
+            keep = {b for b, _ in victims if b not in self._reading} if room and recycle else set()
         if not room:
             self._spares.drain()
         for bid, _ in victims:
             path = self._path(bid)
-            if recycle and bid in keep and self._spares.give(path):
+            if bid in keep and self._spares.give(path):
                 continue
             try:
                 os.unlink(path)
