@@ -345,14 +345,16 @@ def test_a_file_lost_to_evictions_racing_the_read_is_not_called_corrupt(
     real_read = blockcache.read_block_file
     races = 0
 
-    def read_racing_an_eviction(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
+    def read_racing_an_eviction(
+        path: str, bkey: BlockKey, block_size: int, offset: int | None = None
+    ) -> bytes | str:
         nonlocal races
         if races == blockcache.GET_ATTEMPTS - 1:
-            return real_read(path, bkey, block_size)
+            return real_read(path, bkey, block_size, offset)
         races += 1
         cache.invalidate_object(bkey.key)  # evicted after the look, before the open
         try:
-            return real_read(path, bkey, block_size)
+            return real_read(path, bkey, block_size, offset)
         finally:
             cache.put(bkey, data)  # and put back before the next look
 
@@ -381,10 +383,12 @@ def test_a_read_that_races_evictions_every_time_is_a_quiet_miss_that_can_be_cach
     block_path(cache_dir, KEY).unlink()
     real_read = blockcache.read_block_file
 
-    def read_while_others_are_evicted(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
+    def read_while_others_are_evicted(
+        path: str, bkey: BlockKey, block_size: int, offset: int | None = None
+    ) -> bytes | str:
         cache.put(other, block_data(other))
         cache.invalidate_object(other.key)  # some other block's eviction, every time
-        return real_read(path, bkey, block_size)
+        return real_read(path, bkey, block_size, offset)
 
     monkeypatch.setattr(blockcache, "read_block_file", read_while_others_are_evicted)
     with caplog.at_level(logging.WARNING):

@@ -181,12 +181,14 @@ def test_a_file_being_read_is_deleted_not_written_over(
     cache.put(mine, data_of(mine), direct=True)
     real_read = blockcache.read_block_file
 
-    def read_while_evicted(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
+    def read_while_evicted(
+        path: str, bkey: BlockKey, block_size: int, offset: int | None = None
+    ) -> bytes | str:
         fd = os.open(path, os.O_RDONLY)  # opened before the eviction
         try:
             cache.put(other, data_of(other), direct=True)  # evicts `mine`
             assert not os.path.exists(path)
-            return real_read(f"/proc/self/fd/{fd}", bkey, block_size)
+            return real_read(f"/proc/self/fd/{fd}", bkey, block_size, offset)
         finally:
             os.close(fd)
 
@@ -211,12 +213,12 @@ def test_a_file_being_read_with_o_direct_or_invalidated_is_deleted_not_written_o
     cache.put(mine, data_of(mine), direct=True)
     real_read = cache._reader.read
 
-    def read_while_invalidated(path: str, bkey: BlockKey) -> bytes | str:
+    def read_while_invalidated(path: str, bkey: BlockKey, offset: int | None) -> bytes | str:
         fd = os.open(path, os.O_RDONLY)
         try:
             assert cache.invalidate_object("mine") == 1
             cache.put(other, data_of(other), direct=True)  # would take a spare if there were one
-            return real_read(f"/proc/self/fd/{fd}", bkey)
+            return real_read(f"/proc/self/fd/{fd}", bkey, offset)
         finally:
             os.close(fd)
 
@@ -259,12 +261,14 @@ def test_a_corrupt_block_is_dropped_as_corrupt_while_other_blocks_go_and_not_reu
     real_read = blockcache.read_block_file
     churn = iter(range(1000))
 
-    def read_while_others_are_evicted(p: str, bkey: BlockKey, block_size: int) -> bytes | str:
+    def read_while_others_are_evicted(
+        p: str, bkey: BlockKey, block_size: int, offset: int | None = None
+    ) -> bytes | str:
         for _ in range(2):  # other blocks come and go meanwhile
             other = BlockKey("other", "e", next(churn))
             cache.put(other, data_of(other), direct=True)
             cache.invalidate_object("other")
-        return real_read(p, bkey, block_size)
+        return real_read(p, bkey, block_size, offset)
 
     monkeypatch.setattr(blockcache, "read_block_file", read_while_others_are_evicted)
     bad_inode = path.stat().st_ino

@@ -317,7 +317,8 @@ async def test_fetched_blocks_are_cached_with_the_receiving_threads_checksums(
     h: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The fetcher checksums each block as it arrives (`get_blocks(on_block=)`) and hands
-    the sums to the cache write, which then does not read the block a second time for them."""
+    the sums to the cache write (block by block, or a run file's), which then does not read
+    the block a second time for them."""
     size = 20 * MiB + 5
     data = ramp("sums", 0, size)
     h.backend.put("sums", data)
@@ -335,7 +336,16 @@ async def test_fetched_blocks_are_cached_with_the_receiving_threads_checksums(
         given[bkey.index] = crc
         put(cache, bkey, block, direct=direct, crc=crc)
 
+    put_run = BlockCache.put_run
+
+    def recording_put_run(
+        cache: BlockCache, bkeys: list[BlockKey], blocks: list[bytes], crcs: dict[int, int]
+    ) -> None:
+        given.update((bkey.index, crcs.get(k)) for k, bkey in enumerate(bkeys))
+        put_run(cache, bkeys, blocks, crcs)
+
     monkeypatch.setattr(BlockCache, "put", recording_put)
+    monkeypatch.setattr(BlockCache, "put_run", recording_put_run)
     assert await h.read_all("sums") == data
     await wait_for_idle_fetcher(h)
     assert sorted(given) == list(range(21))

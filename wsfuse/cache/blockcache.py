@@ -1,10 +1,11 @@
 """`BlockCache`: the L1 cache of object blocks on the node's local disk.
 
-One file per block (`blocks/XX/<id>`), each with a self-verifying header, recorded in the
-LMDB index (`MetadataIndex`, "blocks" DB) once it is complete. Every read checks the header
-against the requested `BlockKey` and the data against its CRC32C, so whatever happened to the
-disk, the index or the process, a block is either served exactly as it was fetched or treated
-as a miss (and dropped, with a WARNING).
+One file per block (`blocks/XX/<id>`), each with a self-verifying header, or one run file per
+GET of consecutive blocks (`put_run`, each block's image at its offset, named by the first
+block's id), recorded in the LMDB index (`MetadataIndex`, "blocks" DB) once complete. Every
+read checks the header against the requested `BlockKey` and the data against its CRC32C, so
+whatever happened to the disk, the index or the process, a block is either served exactly as
+it was fetched or treated as a miss (and dropped, with a WARNING).
 
 Concurrency protocol (the long form is in docs/cache.md). The cache is called from trio worker
 threads, concurrently. One `threading.Lock` guards all in-memory state; file reads and writes
@@ -29,7 +30,7 @@ import os
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -42,9 +43,11 @@ from wsfuse.cache import schema
 from wsfuse.cache.accesstimes import AccessTimes
 from wsfuse.cache.blockfile import (
     MAX_DIRECT_HEADER,
+    RUN_SLOTS,
     BlockFileReader,
     BlockFileWriter,
     DirectSupport,
+    Slot,
     block_file_size,
     direct_padding,
     read_block_file,
@@ -142,8 +145,15 @@ class BlockCache(CacheSpace):
         self._lock = threading.Lock()
         # GUARDED_BY: _lock (everything below, and CacheSpace's state: see space.py)
         self._atimes = AccessTimes()
-        # Reads in progress per block id: `_remove` deletes their files, never recycles them.
+        # Reads in progress per file id: `_remove` deletes their files, never recycles them.
         self._reading: Counter[bytes] = Counter()
+        # Run files (`put_run`): where each of their blocks is (file id, offset), and each
+        # file's blocks. A block in neither map and in `_entries` has a file of its own.
+        # INVARIANT: b in _members => _members[b][0] in _runs and b in _runs[that id].
+        # A run file's entries leave these maps only once its removal is complete (`_remove`),
+        # so a put of one of its blocks is skipped until then, as for `_unlinking`.
+        self._members: dict[bytes, tuple[bytes, int]] = {}
+        self._runs: dict[bytes, tuple[bytes, ...]] = {}
         self._hits = self._misses = self._corrupt = 0
         self._bytes_written = self._skipped = self._reused = 0
         self._last_skip_warning = -math.inf
@@ -190,7 +200,8 @@ class BlockCache(CacheSpace):
         can still miss: the block may be evicted, or found corrupt, in between."""
         bid = block_id(bkey)
         with self._lock:
-            return bid in self._entries
+            member = self._members.get(bid)
+            return (bid if member is None else member[0]) in self._entries
 
     def get(self, bkey: BlockKey, *, direct: bool = False) -> bytes | None:
         """The block's data, or None on a miss. A block whose file fails verification (header,
@@ -200,16 +211,18 @@ class BlockCache(CacheSpace):
         the cache files, whose blocks end up in the reader's FUSE page cache anyway); without
         it, through the page cache, where a block written shortly before still is."""
         bid = block_id(bkey)
-        path = self._path(bid)
         for _attempt in range(GET_ATTEMPTS):
             with self._lock:
-                if self._closed or bid not in self._entries:
+                # `fid`: the file's id, the block's own or its run file's (with `offset`)
+                fid, offset = self._members.get(bid, (bid, None))
+                if self._closed or fid not in self._entries:
                     self._misses += 1
                     return None
                 removals = self._removals
-                self._reading[bid] += 1
+                self._reading[fid] += 1
+            path = self._path(fid)
             try:
-                result = self._read_file(bid, path, bkey, direct)
+                result = self._read_file(fid, path, bkey, direct, offset)
             except FileNotFoundError:
                 with self._lock:
                     if self._removals != removals:
@@ -217,17 +230,17 @@ class BlockCache(CacheSpace):
                         # and the open: look again.
                         continue
                 # Nothing was removed meanwhile: the file went behind the cache's back.
-                self._drop_corrupt(bid, bkey, path, "its file is missing")
+                self._drop_corrupt(fid, bkey, path, "its file is missing")
                 return None
             if isinstance(result, str):
-                self._drop_corrupt(bid, bkey, path, result)
+                self._drop_corrupt(fid, bkey, path, result)
                 return None
             now = self._clock()
             with self._lock:
                 self._hits += 1
-                if bid in self._entries:
-                    self._entries.move_to_end(bid)
-                    self._atimes.note(bid, now)
+                if fid in self._entries:
+                    self._entries.move_to_end(fid)
+                    self._atimes.note(fid, now)
                 batch = self._atimes.take() if self._atimes.due() else None
             if batch:
                 AccessTimes.write(self._index, batch)
@@ -237,29 +250,33 @@ class BlockCache(CacheSpace):
         # later put must store the block again (put leaves a cached block alone).
         with self._lock:
             self._misses += 1
-            victim = self._pop_locked(bid, evicted=False) if bid in self._entries else None
+            fid = self._members.get(bid, (bid,))[0]
+            victim = self._pop_locked(fid, evicted=False) if fid in self._entries else None
         if victim is not None:
             self._remove([victim], recycle=False)
         return None
 
-    def _read_file(self, bid: bytes, path: str, bkey: BlockKey, direct: bool) -> bytes | str:
-        """The verified block, or why not; FileNotFoundError if the file is gone. The caller
-        counted this read in `_reading` (released here): meanwhile an eviction deletes the
-        file instead of handing it to a put to write over (recycle.py), so what the reader
-        opened stays whole, as a deleted file does behind an open descriptor."""
+    def _read_file(
+        self, fid: bytes, path: str, bkey: BlockKey, direct: bool, offset: int | None
+    ) -> bytes | str:
+        """The verified block (at `offset` in a run file), or why not; FileNotFoundError if
+        the file is gone. The caller counted this read in `_reading` (released here):
+        meanwhile an eviction deletes the file instead of handing it to a put to write over
+        (recycle.py), so what the reader opened stays whole, as a deleted file does behind an
+        open descriptor."""
         try:
             if direct:
-                return self._reader.read(path, bkey)
-            return read_block_file(path, bkey, self._block_size)
+                return self._reader.read(path, bkey, offset)
+            return read_block_file(path, bkey, self._block_size, offset)
         except FileNotFoundError:
             raise
         except OSError as exc:
             return f"cannot read it: {exc}"
         finally:
             with self._lock:
-                self._reading[bid] -= 1
-                if not self._reading[bid]:
-                    del self._reading[bid]
+                self._reading[fid] -= 1
+                if not self._reading[fid]:
+                    del self._reading[fid]
 
     def get_slice(self, bkey: BlockKey, offset: int, length: int) -> bytes | None:
         """Bytes `[offset, offset + length)` of the block (fewer at its end), or None on a miss.
@@ -313,45 +330,170 @@ class BlockCache(CacheSpace):
         with self._lock:
             if self._closed or bid in self._writing or bid in self._unlinking:
                 return
-            if bid in self._entries:
-                self._entries.move_to_end(bid)
-                self._atimes.note(bid, now)
+            fid = self._members.get(bid, (bid,))[0]
+            if fid in self._entries:
+                self._entries.move_to_end(fid)
+                self._atimes.note(fid, now)
                 return
-            victims, refusal = self._reserve_locked(size, disk_bytes)
-            if refusal is None:
-                self._writing.add(bid)
-                self._reserved += size
-                self._reserved_disk += disk_bytes
+            if fid != bid:
+                return  # in a run file being removed: as for `_unlinking`
+            victims, refusal = self._claim_locked([bid], size, disk_bytes)
+        if not self._settle(victims, refusal):
+            return
+        if crc is None:
+            crc = google_crc32c.value(data)
+        header = schema.pack_block_header(bkey, size, crc, pad)
+        self._write_and_publish(
+            lambda tmp, reuse: self._files.write(
+                tmp, header, pad, data, direct=direct, reuse=reuse
+            ),
+            [(bid, BlockRecord(size, crc, now).pack())],
+            size,
+            disk_bytes,
+            direct_write=direct_pad is not None,
+        )
+
+    def put_run(
+        self, bkeys: Sequence[BlockKey], blocks: Sequence[bytes], crcs: Mapping[int, int]
+    ) -> None:
+        """Cache consecutive blocks of one object version (a GET's run, `bkeys[k]` holding
+        `blocks[k]`, `crcs[k]` its checksum where known) in run files: several blocks per
+        file, each written with O_DIRECT as `put(direct=True)` would write it alone.
+
+        Why: a file per block costs an open, a close, a rename and an index transaction per
+        MiB, and the thread that writes them takes the GIL back after each; for a cold read
+        that was about a third of the daemon's CPU (docs/performance.md, session 21). A run
+        file pays them once per run.
+
+        A run file is evicted whole (its blocks were fetched together and are read
+        together), so runs are cut to at most a quarter of the capacity. A piece of one
+        block, and a piece that cannot be a run file (a block already cached or in flight,
+        O_DIRECT unavailable or refused, a block whose memory layout O_DIRECT cannot write
+        from), is put block by block."""
+        if len(bkeys) != len(blocks):
+            raise ValueError(f"{len(bkeys)} block keys for {len(blocks)} blocks")
+        most = max(1, min(RUN_SLOTS, self._capacity // 4 // self._block_size))
+        for first in range(0, len(bkeys), most):
+            piece = range(first, min(first + most, len(bkeys)))
+            if len(piece) > 1 and self._put_run_file(
+                [bkeys[k] for k in piece], [blocks[k] for k in piece], [crcs.get(k) for k in piece]
+            ):
+                continue
+            for k in piece:
+                self.put(bkeys[k], blocks[k], direct=True, crc=crcs.get(k))
+
+    def _put_run_file(
+        self, bkeys: list[BlockKey], blocks: list[bytes], crcs: list[int | None]
+    ) -> bool:
+        """One run file of `blocks`: False if one does not apply (then the caller puts them
+        one by one), True when done (cached, or not cached for a reason `put` also has)."""
+        first = bkeys[0]
+        if not self._files.direct_supported:
+            return False
+        slots: list[Slot] = []
+        sums: list[int] = []
+        offsets: list[int] = []
+        disk_bytes = 0
+        for k, (bkey, data) in enumerate(zip(bkeys, blocks, strict=True)):
+            if len(data) > self._block_size:
+                raise ValueError(f"{len(data)} bytes is larger than the block size")
+            if (bkey.key, bkey.etag, bkey.index) != (first.key, first.etag, first.index + k):
+                raise ValueError("a run file holds consecutive blocks of one version")
+            hsize = schema.header_size(bkey)
+            pad = direct_padding(hsize, data)
+            if pad is None:
+                return False
+            crc = crcs[k]
+            if crc is None:
+                crc = google_crc32c.value(data)
+            sums.append(crc)
+            slots.append(Slot(schema.pack_block_header(bkey, len(data), crc, pad), pad, data))
+            offsets.append(disk_bytes)
+            disk_bytes += block_file_size(hsize, pad, len(data))
+        bids = [block_id(bkey) for bkey in bkeys]
+        size, now = sum(map(len, blocks)), self._clock()
+        with self._lock:
+            if self._closed:
+                return True
+            known = (self._entries, self._members, self._writing, self._unlinking)
+            if any(b in place for b in bids for place in known):
+                return False  # `put` sorts out which of them are there
+            victims, refusal = self._claim_locked(bids, size, disk_bytes)
+        if not self._settle(victims, refusal):
+            return True
+        records = [
+            (bid, BlockRecord(len(slot.data), crc, now, first.index, offset).pack())
+            for bid, slot, crc, offset in zip(bids, slots, sums, offsets, strict=True)
+        ]
+        return self._write_and_publish(
+            lambda tmp, reuse: self._files.write_run(tmp, slots, reuse=reuse),
+            records,
+            size,
+            disk_bytes,
+            direct_write=True,
+            offsets=offsets,
+        )
+
+    def _claim_locked(
+        self, bids: list[bytes], size: int, disk_bytes: int
+    ) -> tuple[list[tuple[bytes, int]], tuple[str, bool] | None]:
+        """Reserve room for a put of the file of `bids` (its first one names it), marking
+        them as being written; `_reserve_locked`'s victims and refusal."""
+        victims, refusal = self._reserve_locked(size, disk_bytes)
+        if refusal is None:
+            self._writing.update(bids)
+            self._reserved += size
+            self._reserved_disk += disk_bytes
+        return victims, refusal
+
+    def _settle(self, victims: list[tuple[bytes, int]], refusal: tuple[str, bool] | None) -> bool:
+        """Remove a claim's victims; whether the put goes on (else it is counted as skipped)."""
         if victims:
             self._remove(victims)
         if refusal is not None:
             self._skip(*refusal)
-            return
-        tmp, reuse = self._temp_file(bid, direct_write=direct_pad is not None)
+            return False
+        return True
+
+    def _write_and_publish(
+        self,
+        write: Callable[[str, bool], bool | None],
+        records: list[tuple[bytes, bytes]],
+        size: int,
+        disk_bytes: int,
+        *,
+        direct_write: bool,
+        offsets: list[int] | None = None,
+    ) -> bool:
+        """Write a claimed file into a temp file (`write(tmp, reuse)`: whether it wrote over
+        an old file, None if O_DIRECT was refused) and publish it with `records`; a failure
+        is a skipped put. False only when `write` answered None (nothing is cached)."""
+        bids = [bid for bid, _ in records]
+        fid = bids[0]
+        tmp, reuse = self._temp_file(fid, direct_write=direct_write)
         failure: str | None = None
-        reserved, renamed = True, False
+        reserved, renamed, written = True, False, None
         try:
-            if crc is None:
-                crc = google_crc32c.value(data)
-            header = schema.pack_block_header(bkey, size, crc, pad)
-            reused = self._files.write(tmp, header, pad, data, direct=direct, reuse=reuse)
-            record = BlockRecord(size, crc, now).pack()
+            written = write(tmp, reuse)
             with self._lock:
                 reserved = False
-                doomed = self._end_write_locked(bid, size, disk_bytes)
-                if not (doomed or self._closed):
-                    failure = self._commit_locked(tmp, bid, record, size, reused)
+                doomed = self._end_write_locked(bids, size, disk_bytes)
+                if written is not None and not (doomed or self._closed):
+                    failure = self._publish_locked(tmp, fid, records)
                     renamed = failure is None
+                    if renamed:
+                        self._add_entry_locked(bids, size, written, offsets)
         except OSError as exc:
             failure = _describe_write_error(exc)
         finally:
             if reserved:
                 with self._lock:
-                    self._end_write_locked(bid, size, disk_bytes)
+                    self._end_write_locked(bids, size, disk_bytes)
             if not renamed:
                 unlink_quietly(tmp)
         if failure is not None:
             self._skip(failure, warn=True)
+        return written is not None or failure is not None
 
     def _temp_file(self, bid: bytes, *, direct_write: bool) -> tuple[str, bool]:
         """A temp file name for a put of `bid`, and whether an evicted file was moved there
@@ -360,13 +502,27 @@ class BlockCache(CacheSpace):
         tmp = os.path.join(self._tmp_dir, f"{bid.hex()}.{next(self._tmp_names)}{schema.TMP_SUFFIX}")
         return tmp, direct_write and self._spares.take(tmp)
 
-    def _commit_locked(
-        self, tmp: str, bid: bytes, record: bytes, size: int, reused: bool
+    def _add_entry_locked(
+        self, bids: list[bytes], size: int, reused: bool, offsets: list[int] | None
+    ) -> None:
+        """A published file in the LRU; with `offsets`, a run file of `bids`."""
+        fid = bids[0]
+        self._entries[fid] = size
+        self._cached_bytes += size
+        self._bytes_written += size
+        self._reused += reused
+        if offsets is not None:
+            self._runs[fid] = tuple(bids)
+            for bid, offset in zip(bids, offsets, strict=True):
+                self._members[bid] = (fid, offset)
+
+    def _publish_locked(
+        self, tmp: str, fid: bytes, records: list[tuple[bytes, bytes]]
     ) -> str | None:
-        """Publish a written block; returns why it failed, or None. Rename first, record
-        second, so the index never names an incomplete file; both under the lock, so no
-        eviction or invalidation sees one without the other."""
-        path = self._path(bid)
+        """Publish a written file (a block's, or a run file); returns why it failed, or None.
+        Rename first, records second, so the index never names an incomplete file; both under
+        the lock, so no eviction or invalidation sees one without the other."""
+        path = self._path(fid)
         try:
             try:
                 os.rename(tmp, path)
@@ -378,14 +534,10 @@ class BlockCache(CacheSpace):
         except OSError as exc:
             return _describe_write_error(exc)
         try:
-            self._index.put_many(schema.DB_BLOCKS, [(bid, record)])
+            self._index.put_many(schema.DB_BLOCKS, records)
         except lmdb.Error as exc:
             unlink_quietly(path)
             return f"cannot record it in the index: {exc}"
-        self._entries[bid] = size
-        self._cached_bytes += size
-        self._bytes_written += size
-        self._reused += reused
         return None
 
     def invalidate_object(self, key: str) -> int:
@@ -397,23 +549,29 @@ class BlockCache(CacheSpace):
         with self._lock:
             # A read transaction under the lock is fine: it never waits for LMDB's write lock.
             for bid, _ in self._index.items(schema.DB_BLOCKS, prefix):
-                if bid in self._entries:
+                member = self._members.get(bid)
+                if member is not None:
+                    if member[0] in self._entries:  # a run file: all its blocks go
+                        victims.append(self._pop_locked(member[0], evicted=False))
+                elif bid in self._entries:
                     victims.append(self._pop_locked(bid, evicted=False))
                 elif bid not in self._writing and bid not in self._unlinking:
                     # A record without an entry (a removal that failed half-way): clean it too.
                     self._unlinking[bid] = 0
                     victims.append((bid, 0))
             self._doomed.update(bid for bid in self._writing if bid.startswith(prefix))
+            dropped = sum(len(self._runs[f]) if f in self._runs else 1 for f, _ in victims)
         if victims:
             self._remove(victims)
-        return len(victims)
+        return dropped
 
     def statistics(self) -> CacheStatistics:
         with self._lock:
+            in_runs = sum(len(self._runs[f]) - 1 for f in self._entries if f in self._runs)
             return CacheStatistics(
                 cached_bytes=self._cached_bytes,
                 capacity=self._capacity,
-                blocks=len(self._entries),
+                blocks=len(self._entries) + in_runs,
                 hits=self._hits,
                 misses=self._misses,
                 corrupt=self._corrupt,
@@ -487,12 +645,18 @@ class BlockCache(CacheSpace):
             room = self._files.direct_supported and self._room_to_recycle_locked(
                 self._spares.limit * (self._block_size + MAX_DIRECT_HEADER + 2 * directio.ALIGN)
             )
-            keep = {b for b, _ in victims if b not in self._reading} if room and recycle else set()
+            # Run files are not kept: the spares are budgeted as single blocks.
+            runs = {fid: self._runs[fid] for fid, _ in victims if fid in self._runs}
+            keep = (
+                {f for f, _ in victims if f not in self._reading and f not in runs}
+                if room and recycle
+                else set()
+            )
         if not room:
             self._spares.drain()
-        for bid, _ in victims:
-            path = self._path(bid)
-            if bid in keep and self._spares.give(path):
+        for fid, _ in victims:
+            path = self._path(fid)
+            if fid in keep and self._spares.give(path):
                 continue
             try:
                 os.unlink(path)
@@ -503,13 +667,18 @@ class BlockCache(CacheSpace):
         try:
             # After the files: a crash in between leaves records without files, which the
             # next startup drops (the other order would leave orphan files, also cleaned).
-            self._index.delete_many(schema.DB_BLOCKS, [bid for bid, _ in victims])
+            self._index.delete_many(
+                schema.DB_BLOCKS, [bid for fid, _ in victims for bid in runs.get(fid, (fid,))]
+            )
         except lmdb.Error as exc:
             log.warning("cannot remove %d block records from the index: %s", len(victims), exc)
         with self._lock:
-            for bid, size in victims:
-                if self._unlinking.pop(bid, None) is not None:
+            for fid, size in victims:
+                if self._unlinking.pop(fid, None) is not None:
                     self._unlinking_bytes -= size
+                for bid in runs.get(fid, ()):
+                    self._members.pop(bid, None)
+                self._runs.pop(fid, None)
 
     def _skip(self, reason: str, warn: bool = False) -> None:
         """Count a put that was not cached; WARN at most once per `SKIP_WARNING_INTERVAL`.
@@ -549,7 +718,11 @@ class BlockCache(CacheSpace):
         found = reconcile(self._dir, self._tmp_dir, self._index)
         live = sorted(found.live)
         with self._lock:
-            self._entries = OrderedDict((bid, size) for _, bid, size in live)
+            self._entries = OrderedDict((fid, size) for _, fid, size, _ in live)
+            for _, fid, _, members in live:
+                if members is not None:
+                    self._runs[fid] = tuple(bid for bid, _ in members)
+                    self._members.update((bid, (fid, offset)) for bid, offset in members)
             self._cached_bytes = sum(self._entries.values())
             victims = []
             while self._cached_bytes > self._capacity:
@@ -560,7 +733,7 @@ class BlockCache(CacheSpace):
             "block cache %s: %d blocks (%d bytes) recovered, %d orphan files and %d stale "
             "records removed, %d evicted to fit the capacity, in %.3f s",
             self._dir,
-            len(live) - len(victims),
+            sum(1 if members is None else len(members) for *_, members in live) - len(victims),
             self._cached_bytes,
             found.orphans,
             found.stale,

@@ -29,7 +29,8 @@ import errno
 import logging
 import mmap
 import os
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, NamedTuple
 
 import google_crc32c
 
@@ -50,6 +51,10 @@ _HEAD: Final = MAX_DIRECT_HEADER + ALIGN
 #: Copy buffers (head, then the last partial page). Puts come from the fetcher's disk writers
 #: and the post-upload copy, so a put practically never waits for one.
 DIRECT_BUFFERS: Final = 8
+#: The most blocks one run file holds (`BlockFileWriter.write_run`): a GET's run is 8 or 16.
+RUN_SLOTS: Final = 32
+#: Copy room per block of a run: its head, then its last partial page.
+_SLOT_COPY: Final = _HEAD + ALIGN
 
 
 def data_address(data: bytes) -> int:
@@ -100,7 +105,8 @@ class BlockFileWriter:
     """Writes block files. Thread-safe (the copy buffers come from an `AlignedPool`)."""
 
     def __init__(self, support: DirectSupport | None = None) -> None:
-        self._buffers = directio.AlignedPool(_HEAD + ALIGN, DIRECT_BUFFERS)
+        self._buffers = directio.AlignedPool(_SLOT_COPY, DIRECT_BUFFERS)
+        self._run_buffers = directio.AlignedPool(RUN_SLOTS * _SLOT_COPY, DIRECT_BUFFERS)
         self.support = support or DirectSupport()
 
     @property
@@ -125,26 +131,42 @@ class BlockFileWriter:
         _write_buffered(path, (header, bytes(pad), data) if pad else (header, data))
         return False
 
+    def write_run(self, path: str, slots: Sequence[Slot], *, reuse: bool = False) -> bool | None:
+        """Create `path` (exclusively; with `reuse`, an old block file written over) holding
+        `slots` one after the other, each exactly what `write` would make of it with
+        O_DIRECT (header, padding, data, zeros up to a page), so each starts on a page
+        boundary: at most `RUN_SLOTS`, every `pad` `direct_padding`'s for its data. One
+        open, one `pwritev`, one close for the whole run. Returns whether an old file was
+        written over, or None when the filesystem refuses O_DIRECT (nothing is left behind:
+        the caller writes the blocks one by one, through the page cache)."""
+        if len(slots) > RUN_SLOTS:
+            raise ValueError(f"{len(slots)} blocks in one run file, at most {RUN_SLOTS}")
+        if not self.direct_supported:
+            return None
+        with self._run_buffers.take() as buffer, contextlib.ExitStack() as views:
+            copied = views.enter_context(memoryview(buffer))
+            pieces: list[memoryview] = []
+            for k, slot in enumerate(slots):
+                own = views.enter_context(memoryview(slot.data))
+                room = copied[k * _SLOT_COPY : (k + 1) * _SLOT_COPY]
+                pieces += _direct_pieces(room, own, slot.header, slot.pad)
+            return self._pwritev_direct(path, pieces, reuse)
+
     def close(self) -> None:
         self._buffers.close()
+        self._run_buffers.close()
 
     def _write_direct(
         self, path: str, buffer: mmap.mmap, header: bytes, pad: int, data: bytes, reuse: bool
     ) -> bool:
         """False when the filesystem refuses O_DIRECT (nothing is left behind)."""
-        start = len(header) + pad
-        # `pad` was chosen (`direct_padding`) so that start + lead is a multiple of ALIGN:
-        # the data's bytes before its first page boundary in memory, without asking again.
-        lead = -start % ALIGN
-        head = start + lead
-        body_end = lead + (len(data) - lead) // ALIGN * ALIGN
-        tail = len(data) - body_end
-        buffer[: len(header)] = header
-        buffer[len(header) : start] = bytes(pad)
-        buffer[start:head] = data[:lead]
-        if tail:
-            buffer[_HEAD : _HEAD + tail] = data[body_end:]
-            buffer[_HEAD + tail : _HEAD + ALIGN] = bytes(ALIGN - tail)
+        with memoryview(buffer) as copied, memoryview(data) as own:
+            return self._pwritev_direct(path, _direct_pieces(copied, own, header, pad), reuse)
+
+    def _pwritev_direct(self, path: str, pieces: list[memoryview], reuse: bool) -> bool:
+        """Write `pieces` (page-aligned, whole pages) to `path` from offset 0 with O_DIRECT,
+        in one call; False when the filesystem refuses O_DIRECT (nothing is left behind)."""
+        expected = sum(map(len, pieces))
         flags = os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT
         if not reuse:
             flags |= os.O_CREAT | os.O_EXCL
@@ -157,29 +179,55 @@ class BlockFileWriter:
             # this put's alone, and the buffered write that follows needs it free.
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            self.support.refused(exc)
+            self.support.refused(str(exc))  # not `exc`: its frames hold the pieces
             return False
         try:
-            with memoryview(buffer) as copied, memoryview(data) as own:
-                pieces = [copied[:head], own[lead:body_end]]
-                if tail:
-                    pieces.append(copied[_HEAD : _HEAD + ALIGN])
-                expected = head + (body_end - lead) + (ALIGN if tail else 0)
-                # One call; a short O_DIRECT write leaves an unaligned rest that could not be
-                # written the same way, and only happens when the disk is full.
-                if os.pwritev(fd, pieces, 0) != expected:
-                    raise OSError(errno.ENOSPC, "short write")
+            # One call; a short O_DIRECT write leaves an unaligned rest that could not be
+            # written the same way, and only happens when the disk is full.
+            if os.pwritev(fd, pieces, 0) != expected:
+                raise OSError(errno.ENOSPC, "short write")
             if reuse and os.fstat(fd).st_size != expected:
                 os.ftruncate(fd, expected)  # an old file longer than this block
         except OSError as exc:
             if exc.errno != errno.EINVAL:
                 raise  # the caller removes the temp file
             os.unlink(path)
-            self.support.refused(exc)
+            self.support.refused(str(exc))
             return False
         finally:
             os.close(fd)
         return True
+
+
+class Slot(NamedTuple):
+    """One block of a run file: its header, the padding `direct_padding` chose, its data."""
+
+    header: bytes
+    pad: int
+    data: bytes
+
+
+def _direct_pieces(room: memoryview, own: memoryview, header: bytes, pad: int) -> list[memoryview]:
+    """The pieces of one block's O_DIRECT image: its head (header, `pad` zeros and the data
+    before its first page boundary in memory) and its last partial page padded with zeros,
+    both copied into `room` (`_SLOT_COPY` bytes, page-aligned), and between them the data's
+    whole pages where they lie in `own`."""
+    start = len(header) + pad
+    # `pad` was chosen (`direct_padding`) so that start + lead is a multiple of ALIGN: the
+    # data's bytes before its first page boundary in memory, without asking again.
+    lead = -start % ALIGN
+    head = start + lead
+    body_end = lead + (len(own) - lead) // ALIGN * ALIGN
+    tail = len(own) - body_end
+    room[: len(header)] = header
+    room[len(header) : start] = bytes(pad)
+    room[start:head] = own[:lead]
+    pieces = [room[:head], own[lead:body_end]]
+    if tail:
+        room[_HEAD : _HEAD + tail] = own[body_end:]
+        room[_HEAD + tail : _SLOT_COPY] = bytes(ALIGN - tail)
+        pieces.append(room[_HEAD:_SLOT_COPY])
+    return pieces
 
 
 def _write_buffered(path: str, buffers: tuple[bytes, ...]) -> None:
@@ -204,19 +252,23 @@ def _write_buffered(path: str, buffers: tuple[bytes, ...]) -> None:
         os.close(fd)
 
 
-def read_block_file(path: str, bkey: BlockKey, block_size: int) -> bytes | str:
-    """The verified data of the block file at `path`, or why it is not acceptable."""
+def read_block_file(
+    path: str, bkey: BlockKey, block_size: int, offset: int | None = None
+) -> bytes | str:
+    """The verified data of the block file at `path`, or why it is not acceptable. With an
+    `offset`, of the block there in the run file at `path` (`BlockFileWriter.write_run`)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        at = offset or 0
         hsize = schema.header_size(bkey)
-        header = schema.check_block_header(os.pread(fd, hsize, 0), bkey)
+        header = schema.check_block_header(os.pread(fd, hsize, at), bkey)
         if isinstance(header, str):
             return header
-        wrong = _check_layout(header, os.fstat(fd).st_size, block_size)
+        wrong = _check_layout(header, os.fstat(fd).st_size - at, block_size, offset is not None)
         if wrong is not None:
             return wrong
         # Straight into the bytes object we return: no copy after the kernel's.
-        data = os.pread(fd, header.length, header.header_size + header.pad)
+        data = os.pread(fd, header.length, at + header.header_size + header.pad)
     finally:
         os.close(fd)
     return _check_data(data, header)
@@ -247,12 +299,12 @@ class BlockFileReader:
     def direct_supported(self) -> bool:
         return self.support.ok
 
-    def read(self, path: str, bkey: BlockKey) -> bytes | str:
+    def read(self, path: str, bkey: BlockKey, offset: int | None = None) -> bytes | str:
         """As `read_block_file`; through the page cache where O_DIRECT does not apply."""
         if not self.direct_supported or schema.header_size(bkey) > MAX_DIRECT_HEADER:
-            return read_block_file(path, bkey, self._block_size)
+            return read_block_file(path, bkey, self._block_size, offset)
         try:
-            result = self._read_direct(path, bkey)
+            result = self._read_direct(path, bkey, offset)
         except FileNotFoundError:
             raise  # the caller tells an eviction from a file lost behind its back
         except OSError as exc:
@@ -260,31 +312,35 @@ class BlockFileReader:
             # EINVAL for O_DIRECT): the page cache decides, so a readable block is not dropped.
             log.debug("O_DIRECT read of %s failed (%s): reading it buffered", path, exc)
             result = None
-        return read_block_file(path, bkey, self._block_size) if result is None else result
+        if result is None:
+            return read_block_file(path, bkey, self._block_size, offset)
+        return result
 
-    def _read_direct(self, path: str, bkey: BlockKey) -> bytes | str | None:
+    def _read_direct(self, path: str, bkey: BlockKey, offset: int | None) -> bytes | str | None:
         """As `read`, or None where only the page cache can tell (O_DIRECT refused, a file
-        larger than any block file)."""
+        larger than any block file). A block in a run file starts on a page boundary, and
+        the buffer holds the largest block's image, so one read covers it."""
         fd = directio.open_direct(path, os.O_RDONLY)
         if fd < 0:
             self.support.refused("open")
             return None
         try:
             with self._pool.take() as buffer, memoryview(buffer) as view:
+                in_run = offset is not None
                 try:
-                    got = os.preadv(fd, [view], 0)
+                    got = os.preadv(fd, [view], offset or 0)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
                     self.support.refused("read")
                     return None
-                if got == len(view):  # larger than any block file: let the checks say why
-                    return None
+                if got == len(view) and not in_run:
+                    return None  # larger than any block file: let the checks say why
                 hsize = min(got, schema.header_size(bkey))  # a short file: "truncated header"
                 header = schema.check_block_header(bytes(view[:hsize]), bkey)
                 if isinstance(header, str):
                     return header
-                wrong = _check_layout(header, got, self._block_size)
+                wrong = _check_layout(header, got, self._block_size, in_run)
                 if wrong is not None:
                     return wrong
                 start = header.header_size + header.pad
@@ -297,11 +353,18 @@ class BlockFileReader:
         self._pool.close()
 
 
-def _check_layout(header: schema.BlockHeader, file_size: int, block_size: int) -> str | None:
-    """Why a file of `file_size` bytes cannot hold what `header` says, or None."""
+def _check_layout(
+    header: schema.BlockHeader, file_size: int, block_size: int, in_run: bool = False
+) -> str | None:
+    """Why a file of `file_size` bytes (from the block's header on) cannot hold what `header`
+    says, or None. A block in a run file is followed by the next one's image."""
     if header.length > block_size:
         return f"header says {header.length} bytes, more than a block"
     end = header.header_size + header.pad + header.length
+    if in_run:
+        if file_size < directio.align_up(end) or header.version < 3:
+            return f"{file_size} bytes left in the run file, the block's image needs {end}"
+        return None
     # Version 3 files written with O_DIRECT end with zeros up to the next page boundary.
     if file_size != end and (header.version < 3 or file_size != directio.align_up(end)):
         return f"file is {file_size} bytes, header says {end}"

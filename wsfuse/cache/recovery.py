@@ -24,12 +24,17 @@ from wsfuse.cache.schema import BlockRecord, block_relpath
 log = logging.getLogger(__name__)
 
 
+#: A file with its records: (access time, file id, data bytes, and for a run file its blocks'
+#: (id, offset)s, else None).
+LiveFile = tuple[float, bytes, int, tuple[tuple[bytes, int], ...] | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Reconciled:
     """What `reconcile` kept and removed."""
 
-    #: (access time, id, data size) of every block with both a file and a record, unordered
-    live: list[tuple[float, bytes, int]]
+    #: every file with both a file and (for a run file, at least one) record, unordered
+    live: list[LiveFile]
     #: block files without a (readable) record, removed
     orphans: int
     #: records without a file, deleted
@@ -45,19 +50,32 @@ def reconcile(directory: str, tmp_dir: str, index: MetadataIndex) -> Reconciled:
         for entry in debris:
             _remove_entry(entry)
     files = scan_block_files(directory)
-    live: list[tuple[float, bytes, int]] = []
+    recorded: dict[bytes, list[tuple[bytes, BlockRecord]]] = {}
     stale: list[bytes] = []
     for bid, value in index.items(schema.DB_BLOCKS):
         try:
             record = BlockRecord.unpack(value)
         except ValueError:  # a record of the wrong size
-            record = None
-        if bid in files and record is not None:
-            files.discard(bid)
-            live.append((record.atime, bid, record.size))
+            stale.append(bid)
+            continue
+        fid = record.file_id(bid)
+        if fid in files:
+            recorded.setdefault(fid, []).append((bid, record))
         else:
-            stale.append(bid)  # its file (if any) stays in `files` and is removed below
-    for bid in files:
+            stale.append(bid)  # its file is gone
+    live: list[LiveFile] = []
+    for fid, blocks in recorded.items():
+        files.discard(fid)
+        run = [(bid, r) for bid, r in blocks if r.run_first is not None]
+        if not run:
+            live.append((blocks[0][1].atime, fid, blocks[0][1].size, None))
+            continue
+        # A file is a block's own or a run file: a record of the other kind is stale (the
+        # headers would tell on a read anyway).
+        stale += [bid for bid, r in blocks if r.run_first is None]
+        members = tuple((bid, r.offset) for bid, r in sorted(run, key=lambda b: b[1].offset))
+        live.append((max(r.atime for _, r in run), fid, sum(r.size for _, r in run), members))
+    for bid in files:  # files without records
         unlink_quietly(f"{directory}/{block_relpath(bid)}")
     if stale:
         index.delete_many(schema.DB_BLOCKS, stale)

@@ -12,7 +12,9 @@ Cache directory layout (`DIR` is the per-bucket directory from `wsfuse.cachedir`
     DIR/lock                  flock'ed by the daemon using DIR; holds its pid (wsfuse.cache.lock)
     DIR/index/                the LMDB environment (data.mdb, lock.mdb)
     DIR/tmp/                  blocks being written; anything here at startup is crash debris
-    DIR/blocks/XX/<64 hex>    one file per cached block: header + data; XX = fanout byte
+    DIR/blocks/XX/<64 hex>    a cached block's file (header + data), or a run file of
+                              consecutive blocks of one version (each header + data, from a
+                              page boundary), named by its first block's id; XX = fanout byte
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ SCHEMA_VERSION: Final = 1
 # Named databases of the LMDB environment in DIR/index:
 #   "meta"     small str → bytes settings: schema version, clean-shutdown flag, boot id.
 #   "blocks"   block id (32 bytes, see `block_id`) → BlockRecord (below). The one source of
-#              truth for which block files are complete; maintained by BlockCache only.
+#              truth for which block files (and which blocks of run files) are complete;
+#              maintained by BlockCache only.
 #   "objects"  object metadata cache; keys and records are owned by the filesystem core.
 #   "dirs"     directory listing cache; owned by the filesystem core.
 #   "pending"  staged writes not yet committed to the bucket; owned by the filesystem core.
@@ -243,14 +246,24 @@ META_SCHEMA_VERSION: Final = b"schema_version"
 META_CLEAN: Final = b"clean"
 META_BOOT_ID: Final = b"boot_id"
 
-# "blocks" record, little-endian, 20 bytes:
+# "blocks" record, little-endian, 20 bytes for a block in a file of its own, 36 for a block in
+# a run file (a block's own file holds one block at offset 0 and is named by its id; a run
+# file holds consecutive blocks of one version, each at its offset, and is named by the id of
+# its first block):
 #   offset size field
-#   0      8    size    data bytes in the block file (u64)
-#   8      4    crc32c  CRC32C of the data, the same as in the file header (u32)
+#   0      8    size    data bytes of the block (u64)
+#   8      4    crc32c  CRC32C of the data, the same as in the block's header (u32)
 #   12     8    atime   last access, seconds since the epoch (f64); written lazily in
 #                       batches, so it may lag by up to the flush interval — it only orders
-#                       the LRU across restarts.
+#                       the LRU across restarts. For a run file, its first block's record
+#                       holds the file's.
+#   20     8    first   (run files only) block index of the run file's first block (u64)
+#   28     8    offset  (run files only) where the block's header starts in it (u64)
+# Both lengths are read by this code, so the 36-byte records came without a SCHEMA_VERSION
+# bump: an older wsfuse finds them of the wrong size and drops them as stale at startup
+# (their run files then as orphans), losing cached blocks, not correctness.
 _BLOCK_RECORD: Final = struct.Struct("<QId")
+_RUN_RECORD: Final = struct.Struct("<QIdQQ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,20 +271,40 @@ class BlockRecord:
     size: int
     crc32c: int
     atime: float
+    #: block index of the first block of the run file holding this block; None: own file
+    run_first: int | None = None
+    #: where the block's header starts in its run file
+    offset: int = 0
 
     def pack(self) -> bytes:
-        return _BLOCK_RECORD.pack(self.size, self.crc32c, self.atime)
+        if self.run_first is None:
+            return _BLOCK_RECORD.pack(self.size, self.crc32c, self.atime)
+        return _RUN_RECORD.pack(self.size, self.crc32c, self.atime, self.run_first, self.offset)
 
     @staticmethod
     def unpack(data: bytes) -> BlockRecord:
         """Raises ValueError for a record of the wrong size."""
-        if len(data) != _BLOCK_RECORD.size:
-            raise ValueError(f"block record of {len(data)} bytes, expected {_BLOCK_RECORD.size}")
-        size, crc, atime = _BLOCK_RECORD.unpack(data)
-        return BlockRecord(size, crc, atime)
+        if len(data) == _BLOCK_RECORD.size:
+            size, crc, atime = _BLOCK_RECORD.unpack(data)
+            return BlockRecord(size, crc, atime)
+        if len(data) == _RUN_RECORD.size:
+            return BlockRecord(*_RUN_RECORD.unpack(data))
+        raise ValueError(
+            f"block record of {len(data)} bytes, expected {_BLOCK_RECORD.size} or "
+            f"{_RUN_RECORD.size}"
+        )
+
+    def file_id(self, bid: bytes) -> bytes:
+        """The id naming the file that holds block `bid` (its own, or its run's first)."""
+        if self.run_first is None:
+            return bid
+        return bid[:VERSION_PREFIX_SIZE] + _INDEX.pack(self.run_first)
 
 
 def with_atime(record: bytes, atime: float) -> bytes:
     """`record` (a packed BlockRecord) with its access time replaced."""
+    if len(record) == _RUN_RECORD.size:
+        size, crc, _, first, offset = _RUN_RECORD.unpack(record)
+        return _RUN_RECORD.pack(size, crc, atime, first, offset)
     size, crc, _ = _BLOCK_RECORD.unpack(record)
     return _BLOCK_RECORD.pack(size, crc, atime)

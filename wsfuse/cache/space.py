@@ -125,16 +125,19 @@ class CacheSpace:
             self._evictions += 1
         return bid, size
 
-    def _end_write_locked(self, bid: bytes, size: int, disk_bytes: int) -> bool:
-        """Release a put's reservation; returns whether the block was invalidated meanwhile."""
-        self._writing.discard(bid)
+    def _end_write_locked(self, bids: list[bytes], size: int, disk_bytes: int) -> bool:
+        """Release a put's reservation (of the file of `bids`: one block's, or a run file's);
+        returns whether any of its blocks was invalidated meanwhile."""
         self._reserved -= size
         self._reserved_disk -= disk_bytes
         self._written_since_sample += disk_bytes  # written or not: counted as used
-        if bid in self._doomed:
-            self._doomed.discard(bid)
-            return True
-        return False
+        doomed = False
+        for bid in bids:
+            self._writing.discard(bid)
+            if bid in self._doomed:
+                self._doomed.discard(bid)
+                doomed = True
+        return doomed
 
     def _room_to_recycle_locked(self, spare_bytes: int) -> bool:
         """Whether evicted files may be kept for reuse (recycle.py), `spare_bytes` at most:

@@ -457,5 +457,8 @@ class BlockFetcher:
     def _store(
         self, run: list[BlockKey], blocks: list[bytes], crcs: dict[int, int], direct: bool
     ) -> None:
+        if direct:  # in run files: one file per GET, not one per block
+            self.cache.put_run(run, blocks, crcs)
+            return
         for i, (bkey, block) in enumerate(zip(run, blocks, strict=True)):
-            self.cache.put(bkey, block, direct=direct, crc=crcs.get(i))
+            self.cache.put(bkey, block, direct=False, crc=crcs.get(i))

@@ -1,0 +1,427 @@
+"""BlockCache run files (`put_run`): several consecutive blocks of one version in one file,
+written with O_DIRECT in one call; read, evicted, invalidated, dropped when corrupt and
+recovered at startup as a unit, and the same LRU as block files against a reference model.
+
+Blocks here are 16 KiB `bytes`: long enough that O_DIRECT can always write them from where
+they lie in memory (`blockfile.direct_padding`), so every eligible run becomes a run file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from tests.component.threads import run_workers
+from wsfuse.cache import schema
+from wsfuse.cache.blockcache import BlockCache
+from wsfuse.cache.schema import BlockKey, BlockRecord, block_id
+from wsfuse.testing.ramp import ramp
+
+BS = 16 * 1024
+
+
+def data_of(bkey: BlockKey, size: int = BS) -> bytes:
+    return ramp(f"{bkey.key}@{bkey.etag}", bkey.index * BS, size)
+
+
+def run_of(key: str, first: int, count: int, etag: str = "e1") -> list[BlockKey]:
+    return [BlockKey(key, etag, first + k) for k in range(count)]
+
+
+def put_run(cache: BlockCache, bkeys: list[BlockKey]) -> list[bytes]:
+    blocks = [data_of(b) for b in bkeys]
+    cache.put_run(bkeys, blocks, {k: BlockCache.checksum(b) for k, b in enumerate(blocks)})
+    return blocks
+
+
+class Tick:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def open_cache(cache_dir: Path) -> Iterator[Callable[..., BlockCache]]:
+    opened: list[BlockCache] = []
+    clock = Tick()
+
+    def open_(**kwargs: Any) -> BlockCache:
+        kwargs.setdefault("block_size", BS)
+        kwargs.setdefault("capacity", 1 << 30)
+        kwargs.setdefault("min_free", 0)
+        kwargs.setdefault("clock", clock)
+        cache = BlockCache(cache_dir, **kwargs)
+        opened.append(cache)
+        return cache
+
+    yield open_
+    for cache in opened:
+        cache.close()
+
+
+def files_on_disk(cache_dir: Path) -> set[bytes]:
+    return {bytes.fromhex(p.name) for p in (cache_dir / "blocks").glob("*/*")}
+
+
+def assert_consistent(cache: BlockCache) -> None:
+    """Memory, index and files agree, run files included (nothing in flight)."""
+    assert not cache._writing and not cache._unlinking and not cache._doomed
+    assert cache._reserved == 0 and cache._reserved_disk == 0
+    files = set(cache._entries)
+    assert cache._cached_bytes == sum(cache._entries.values())
+    assert set(cache._runs) == {f for f in files if f in cache._runs}  # no run left behind
+    blocks = {b for f in files for b in cache._runs.get(f, (f,))}
+    assert set(cache._members) == {b for f in cache._runs for b in cache._runs[f]}
+    recorded = dict(cache.index.items(schema.DB_BLOCKS))
+    assert set(recorded) == blocks
+    for bid, value in recorded.items():
+        record = BlockRecord.unpack(value)
+        assert record.file_id(bid) == cache._members.get(bid, (bid,))[0]
+    assert files_on_disk(cache.directory) == files
+    assert cache.statistics().blocks == len(blocks)
+
+
+def test_a_run_is_one_file_and_every_block_reads_back(
+    open_cache: Callable[..., BlockCache], cache_dir: Path
+) -> None:
+    cache = open_cache()
+    bkeys = run_of("data/shard-0", 4, 16)
+    blocks = put_run(cache, bkeys)
+    assert files_on_disk(cache_dir) == {block_id(bkeys[0])}
+    for bkey, data in zip(bkeys, blocks, strict=True):
+        assert cache.contains(bkey)
+        assert cache.get(bkey) == data
+        assert cache.get(bkey, direct=True) == data
+    assert not cache.contains(BlockKey("data/shard-0", "e1", 3))
+    assert not cache.contains(BlockKey("data/shard-0", "e1", 20))
+    stats = cache.statistics()
+    assert (stats.blocks, stats.cached_bytes, stats.bytes_written) == (16, 16 * BS, 16 * BS)
+    # Each block's image starts on a page boundary of the file (O_DIRECT reads it alone).
+    assert all(offset % 4096 == 0 for _, offset in cache._members.values())
+    assert_consistent(cache)
+
+
+def test_a_short_last_block_and_an_object_tail(open_cache: Callable[..., BlockCache]) -> None:
+    cache = open_cache()
+    bkeys = run_of("tail", 0, 3)
+    blocks = [data_of(bkeys[0]), data_of(bkeys[1]), data_of(bkeys[2], 9000)]
+    cache.put_run(bkeys, blocks, {})  # no checksums given: the cache computes them
+    assert [cache.get(b) for b in bkeys] == blocks
+    assert len(cache._runs) == 1
+    assert_consistent(cache)
+
+
+def test_blocks_of_a_run_file_survive_a_restart(
+    open_cache: Callable[..., BlockCache], cache_dir: Path
+) -> None:
+    cache = open_cache()
+    first = put_run(cache, run_of("a", 0, 8))
+    single = BlockKey("b", "e1", 0)
+    cache.put(single, data_of(single), direct=True)
+    cache.close()
+    cache = open_cache()
+    assert [cache.get(b) for b in run_of("a", 0, 8)] == first
+    assert cache.get(single) == data_of(single)
+    assert cache.statistics().blocks == 9
+    assert_consistent(cache)
+
+
+def test_startup_removes_a_run_file_without_records_and_records_without_their_file(
+    open_cache: Callable[..., BlockCache], cache_dir: Path
+) -> None:
+    cache = open_cache()
+    put_run(cache, run_of("orphan", 0, 4))
+    put_run(cache, run_of("stale", 0, 4))
+    orphan, stale = block_id(BlockKey("orphan", "e1", 0)), block_id(BlockKey("stale", "e1", 0))
+    cache.close()
+    cache = open_cache()
+    # behind the cache's back: the orphan's records and the stale one's file go
+    cache.index.delete_many(schema.DB_BLOCKS, [block_id(b) for b in run_of("orphan", 0, 4)])
+    (cache_dir / schema.block_relpath(stale)).unlink()
+    cache.close()
+    cache = open_cache()
+    assert files_on_disk(cache_dir) == set(), (orphan.hex(), stale.hex())
+    assert not any(cache.contains(b) for b in run_of("orphan", 0, 4) + run_of("stale", 0, 4))
+    assert dict(cache.index.items(schema.DB_BLOCKS)) == {}
+    assert_consistent(cache)
+
+
+def test_a_run_file_is_evicted_whole_and_runs_are_cut_to_a_quarter_of_the_capacity(
+    open_cache: Callable[..., BlockCache], cache_dir: Path
+) -> None:
+    cache = open_cache(capacity=16 * BS)
+    put_run(cache, run_of("a", 0, 16))  # cut into runs of 4 blocks
+    assert len(cache._runs) == 4 and all(len(r) == 4 for r in cache._runs.values())
+    assert cache.statistics().cached_bytes == 16 * BS
+    assert cache.get(BlockKey("a", "e1", 0)) is not None  # the first run is now the newest
+    put_run(cache, run_of("b", 0, 2))  # evicts the least recent run file: blocks 4-7
+    assert [cache.contains(BlockKey("a", "e1", i)) for i in range(16)] == (
+        [True] * 4 + [False] * 4 + [True] * 8
+    )
+    stats = cache.statistics()
+    assert stats.evictions == 1 and stats.blocks == 14
+    assert_consistent(cache)
+
+
+def test_a_tiny_cache_puts_a_run_block_by_block(open_cache: Callable[..., BlockCache]) -> None:
+    cache = open_cache(capacity=3 * BS)
+    bkeys = run_of("a", 0, 5)
+    blocks = put_run(cache, bkeys)
+    assert not cache._runs
+    assert [cache.get(b) for b in bkeys[2:]] == blocks[2:]
+    assert_consistent(cache)
+
+
+def test_a_run_with_a_block_already_cached_is_put_block_by_block(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    cache = open_cache()
+    bkeys = run_of("a", 0, 6)
+    cache.put(bkeys[2], data_of(bkeys[2]))
+    put_run(cache, run_of("a", 3, 2))  # a run file of blocks 3-4
+    blocks = put_run(cache, bkeys)
+    assert [cache.get(b) for b in bkeys] == blocks
+    assert cache.statistics().blocks == 6
+    assert len(cache._runs) == 1  # 3-4 only; the rest went one by one
+    assert_consistent(cache)
+
+
+def test_a_run_must_be_consecutive_blocks_of_one_version(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    cache = open_cache()
+    with pytest.raises(ValueError, match="consecutive"):
+        put_run(cache, [BlockKey("a", "e1", 0), BlockKey("a", "e1", 2)])
+    with pytest.raises(ValueError, match="consecutive"):
+        put_run(cache, [BlockKey("a", "e1", 0), BlockKey("a", "e2", 1)])
+    with pytest.raises(ValueError, match="block keys for"):
+        cache.put_run(run_of("a", 0, 2), [b""], {})
+    assert cache.statistics().blocks == 0
+    assert_consistent(cache)
+
+
+def test_invalidating_an_object_drops_its_run_files(open_cache: Callable[..., BlockCache]) -> None:
+    cache = open_cache()
+    put_run(cache, run_of("a", 0, 8))
+    put_run(cache, run_of("a", 8, 8, etag="e2"))
+    kept = put_run(cache, run_of("b", 0, 4))
+    assert cache.invalidate_object("a") == 16
+    assert not any(cache.contains(b) for b in run_of("a", 0, 8) + run_of("a", 8, 8, "e2"))
+    assert [cache.get(b) for b in run_of("b", 0, 4)] == kept
+    put_run(cache, run_of("a", 0, 8))  # and cached again
+    assert cache.contains(BlockKey("a", "e1", 7))
+    assert_consistent(cache)
+
+
+def test_a_corrupt_block_drops_its_whole_run_file(
+    open_cache: Callable[..., BlockCache], cache_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = open_cache()
+    bkeys = run_of("a", 0, 4)
+    blocks = put_run(cache, bkeys)
+    fid, offset = cache._members[block_id(bkeys[2])]
+    path = cache_dir / schema.block_relpath(fid)
+    with open(path, "r+b") as f:
+        f.seek(offset + 8192)
+        f.write(b"\xff" * 16)
+    assert cache.get(bkeys[1]) == blocks[1]
+    with caplog.at_level(logging.WARNING):
+        assert cache.get(bkeys[2]) is None
+    assert any("corrupt" in r.getMessage() for r in caplog.records)
+    assert not any(cache.contains(b) for b in bkeys)
+    assert not path.exists()
+    stats = cache.statistics()
+    assert stats.corrupt == 1 and stats.blocks == 0
+    assert_consistent(cache)
+
+
+def test_a_run_invalidated_while_it_is_written_is_not_cached(
+    open_cache: Callable[..., BlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache()
+    real_write = cache._files.write_run
+
+    def write_then_invalidate(path: str, slots: Any, *, reuse: bool = False) -> bool | None:
+        written = real_write(path, slots, reuse=reuse)
+        assert cache.invalidate_object("a") == 0  # nothing cached yet: the put is doomed
+        return written
+
+    monkeypatch.setattr(cache._files, "write_run", write_then_invalidate)
+    put_run(cache, run_of("a", 0, 4))
+    assert not any(cache.contains(b) for b in run_of("a", 0, 4))
+    assert_consistent(cache)
+
+
+def test_o_direct_refused_puts_the_run_block_by_block(
+    open_cache: Callable[..., BlockCache], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = open_cache()
+    monkeypatch.setattr(cache._files, "write_run", lambda *a, **k: None)
+    bkeys = run_of("a", 0, 4)
+    blocks = put_run(cache, bkeys)
+    assert not cache._runs
+    assert [cache.get(b) for b in bkeys] == blocks
+    assert_consistent(cache)
+
+
+def test_a_full_disk_leaves_no_run_file(
+    open_cache: Callable[..., BlockCache],
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cache = open_cache()
+
+    def full(*args: Any, **kwargs: Any) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache._files, "write_run", full)
+    with caplog.at_level(logging.WARNING):
+        put_run(cache, run_of("a", 0, 4))
+    assert any("full" in r.getMessage() for r in caplog.records)
+    assert cache.statistics().skipped == 1
+    assert not os.listdir(cache_dir / "tmp")
+    assert_consistent(cache)
+
+
+def test_concurrent_runs_and_readers_stay_consistent(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    """Eight threads put overlapping runs, read and invalidate, with a cache that evicts:
+    every block read is right, and memory, index and files agree at the end."""
+    cache = open_cache(capacity=48 * BS)
+
+    def worker(n: int) -> None:
+        for i in range(30):
+            key = f"k{(n + i) % 3}"
+            first = (n * 7 + i * 3) % 24
+            bkeys = run_of(key, first, 1 + (i % 6))
+            put_run(cache, bkeys)
+            for b in bkeys:
+                got = cache.get(b)
+                assert got is None or got == data_of(b)
+            if i % 10 == 9:
+                cache.invalidate_object(key)
+
+    run_workers(worker, 8)
+    assert_consistent(cache)
+    for key in ("k0", "k1", "k2"):
+        for b in run_of(key, 0, 30):
+            got = cache.get(b)
+            assert got is None or got == data_of(b)
+
+
+class RunCacheMachine(RuleBasedStateMachine):
+    """The cache, fed runs and single blocks, against a reference model: an LRU of files
+    (a run file, or one block's) with the same byte capacity, evicted file by file."""
+
+    CAPACITY = 16 * BS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="wsfuse-runs-model-"))
+        self.clock = Tick()
+        # file (its blocks, in order) -> data bytes, least recent first
+        self.model: OrderedDict[tuple[BlockKey, ...], int] = OrderedDict()
+        self.cache = self._open()
+
+    def _open(self) -> BlockCache:
+        return BlockCache(
+            self.dir, block_size=BS, capacity=self.CAPACITY, min_free=0, clock=self.clock
+        )
+
+    def teardown(self) -> None:
+        self.cache.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _file_of(self, bkey: BlockKey) -> tuple[BlockKey, ...] | None:
+        return next((f for f in self.model if bkey in f), None)
+
+    def _add(self, blocks: tuple[BlockKey, ...]) -> None:
+        self.model[blocks] = len(blocks) * BS
+        while sum(self.model.values()) > self.CAPACITY:
+            self.model.popitem(last=False)
+
+    @rule(
+        key=st.sampled_from(["a", "b"]),
+        first=st.integers(0, 8),
+        count=st.integers(1, 7),
+    )
+    def put_run(self, key: str, first: int, count: int) -> None:
+        bkeys = run_of(key, first, count)
+        put_run(self.cache, bkeys)
+        most = self.CAPACITY // 4 // BS
+        for start in range(0, count, most):
+            piece = tuple(bkeys[start : start + most])
+            present = [f for b in piece if (f := self._file_of(b)) is not None]
+            if len(piece) > 1 and not present:
+                self._add(piece)
+                continue
+            for b in piece:  # block by block, as `put` does
+                f = self._file_of(b)
+                if f is not None:
+                    self.model.move_to_end(f)
+                else:
+                    self._add((b,))
+
+    @rule(key=st.sampled_from(["a", "b"]), index=st.integers(0, 15))
+    def put_one(self, key: str, index: int) -> None:
+        bkey = BlockKey(key, "e1", index)
+        self.cache.put(bkey, data_of(bkey), direct=True)
+        f = self._file_of(bkey)
+        if f is not None:
+            self.model.move_to_end(f)
+        else:
+            self._add((bkey,))
+
+    @rule(key=st.sampled_from(["a", "b"]), index=st.integers(0, 15))
+    def get(self, key: str, index: int) -> None:
+        bkey = BlockKey(key, "e1", index)
+        f = self._file_of(bkey)
+        assert self.cache.get(bkey) == (data_of(bkey) if f is not None else None)
+        if f is not None:
+            self.model.move_to_end(f)
+
+    @rule(key=st.sampled_from(["a", "b"]))
+    def invalidate(self, key: str) -> None:
+        dropped = [f for f in self.model if f[0].key == key]
+        assert self.cache.invalidate_object(key) == sum(map(len, dropped))
+        for f in dropped:
+            del self.model[f]
+
+    @precondition(lambda self: bool(self.model))
+    @rule()
+    def restart(self) -> None:
+        self.cache.close()
+        self.cache = self._open()
+
+    @invariant()
+    def same_files_and_order(self) -> None:
+        assert list(self.cache._entries) == [block_id(f[0]) for f in self.model]
+        assert [self.cache._runs.get(block_id(f[0]), (block_id(f[0]),)) for f in self.model] == [
+            tuple(map(block_id, f)) for f in self.model
+        ]
+        assert self.cache.statistics().cached_bytes == sum(self.model.values())
+
+
+TestRunCacheModel = RunCacheMachine.TestCase
+TestRunCacheModel.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
