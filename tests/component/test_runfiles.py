@@ -8,6 +8,7 @@ they lie in memory (`blockfile.direct_padding`), so every eligible run becomes a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.component.threads import run_workers
-from wsfuse.cache import schema
+from wsfuse.cache import blockfile, schema
 from wsfuse.cache.blockcache import BlockCache
 from wsfuse.cache.schema import BlockKey, BlockRecord, block_id
 from wsfuse.testing.ramp import ramp
@@ -271,15 +272,65 @@ def test_a_run_invalidated_while_it_is_written_is_not_cached(
     assert_consistent(cache)
 
 
+@pytest.mark.parametrize("refused_at", ["open", "write"])
 def test_o_direct_refused_puts_the_run_block_by_block(
-    open_cache: Callable[..., BlockCache], monkeypatch: pytest.MonkeyPatch
+    open_cache: Callable[..., BlockCache],
+    cache_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    refused_at: str,
 ) -> None:
+    """A filesystem that refuses O_DIRECT (as tmpfs did: at open, after creating the file,
+    or at the write): the run's blocks go one by one through the page cache, without a
+    warning or a file left behind."""
     cache = open_cache()
-    monkeypatch.setattr(cache._files, "write_run", lambda *a, **k: None)
+    real_open, real_pwritev = os.open, os.pwritev
+    direct_fds: set[int] = set()
+
+    def no_direct_open(path: str, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT and refused_at == "open":
+            os.close(real_open(path, flags & ~os.O_DIRECT, mode))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        fd = real_open(path, flags, mode)
+        (direct_fds.add if flags & os.O_DIRECT else direct_fds.discard)(fd)
+        return fd
+
+    def no_direct_write(fd: int, buffers: Any, offset: int) -> int:
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwritev(fd, buffers, offset)
+
+    monkeypatch.setattr(blockfile.os, "open", no_direct_open)
+    monkeypatch.setattr(blockfile.os, "pwritev", no_direct_write)
     bkeys = run_of("a", 0, 4)
-    blocks = put_run(cache, bkeys)
+    with caplog.at_level(logging.WARNING):
+        blocks = put_run(cache, bkeys)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not cache._files.direct_supported
     assert not cache._runs
     assert [cache.get(b) for b in bkeys] == blocks
+    stats = cache.statistics()
+    assert (stats.blocks, stats.skipped, stats.reused_files) == (4, 0, 0)
+    assert not os.listdir(cache_dir / "tmp")
+    assert_consistent(cache)
+
+
+def test_a_run_file_written_over_a_spare_counts_as_reused(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    """A run file may write over an evicted block file (its own victim, kept as a spare):
+    that counts once in `reused_files`; a run file written as a new file does not."""
+    cache = open_cache(capacity=8 * BS)
+    put_run(cache, run_of("a", 0, 2))
+    assert cache.statistics().reused_files == 0
+    for i in range(8):  # single blocks fill the cache, evicting the run file
+        b = BlockKey("s", "e1", i)
+        cache.put(b, data_of(b), direct=True)
+    assert not cache._spares  # a run file is never kept as a spare
+    before = cache.statistics().reused_files
+    put_run(cache, run_of("b", 0, 2))  # evicts two single files, writes over one
+    assert cache.statistics().reused_files == before + 1
+    assert [cache.get(b) for b in run_of("b", 0, 2)] == [data_of(b) for b in run_of("b", 0, 2)]
     assert_consistent(cache)
 
 

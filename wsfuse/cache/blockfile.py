@@ -150,7 +150,7 @@ class BlockFileWriter:
                 own = views.enter_context(memoryview(slot.data))
                 room = copied[k * _SLOT_COPY : (k + 1) * _SLOT_COPY]
                 pieces += _direct_pieces(room, own, slot.header, slot.pad)
-            return self._pwritev_direct(path, pieces, reuse)
+            return reuse if self._pwritev_direct(path, pieces, reuse) else None
 
     def close(self) -> None:
         self._buffers.close()
