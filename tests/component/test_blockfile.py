@@ -70,10 +70,10 @@ def test_a_direct_write_sends_the_datas_own_pages_and_copies_under_two_pages_of_
     cache: BlockCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real_pwritev = os.pwritev
-    calls: list[list[memoryview]] = []
+    calls: list[list[tuple[object, int]]] = []  # (what each piece views, its length)
 
     def spy(fd: int, buffers: list[memoryview], offset: int) -> int:
-        calls.append(list(buffers))
+        calls.append([(b.obj, len(b)) for b in buffers])  # the views are released after
         return real_pwritev(fd, buffers, offset)
 
     monkeypatch.setattr(blockfile.os, "pwritev", spy)
@@ -81,12 +81,12 @@ def test_a_direct_write_sends_the_datas_own_pages_and_copies_under_two_pages_of_
     data = data_of(bkey)
     cache.put(bkey, data, direct=True)
     [pieces] = calls
-    own = [p for p in pieces if p.obj is data]
+    own = [n for obj, n in pieces if obj is data]
     lead = -blockfile.data_address(data) % directio.ALIGN
     tail = (BS - lead) % directio.ALIGN
-    assert len(own) == 1 and len(own[0]) == BS - lead - tail
+    assert own == [BS - lead - tail]
     copied = directio.align_up(schema.header_size(bkey) + lead) + (directio.ALIGN if tail else 0)
-    assert sum(len(p) for p in pieces if p.obj is not data) == copied
+    assert sum(n for obj, n in pieces if obj is not data) == copied
     assert cache.get(bkey) == data
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from tests.component.threads import run_workers
-from wsfuse.cache import blockfile, schema
+from wsfuse.cache import blockcache, blockfile, schema
 from wsfuse.cache.blockcache import BlockCache
 from wsfuse.cache.schema import BlockKey, BlockRecord, block_id
 from wsfuse.testing.ramp import ramp
@@ -476,3 +476,104 @@ class RunCacheMachine(RuleBasedStateMachine):
 
 TestRunCacheModel = RunCacheMachine.TestCase
 TestRunCacheModel.settings = settings(max_examples=25, stateful_step_count=30, deadline=None)
+
+
+@pytest.mark.parametrize("first", ["run", "own"])
+def test_a_read_that_finds_its_file_put_again_in_another_layout_looks_again(
+    open_cache: Callable[..., BlockCache],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    first: str,
+) -> None:
+    """Between a read's look and its open, the object is invalidated and its first block put
+    again alone (or, the other way round, a block's own file becomes a run file's name): the
+    read finds another layout under the name it looked up. It looks again; nothing is called
+    corrupt and the fresh file stays."""
+    cache = open_cache()
+    bkeys = run_of("a", 0, 4)
+    if first == "run":  # a member's reader finds block 0's own file under the run's name
+        put_run(cache, bkeys)
+        reader, replace = bkeys[2], lambda: cache.put(bkeys[0], data_of(bkeys[0]), direct=True)
+    else:  # block 0's reader finds a run file under its name
+        cache.put(bkeys[0], data_of(bkeys[0]), direct=True)
+        reader, replace = bkeys[0], lambda: put_run(cache, bkeys)
+    real_read = blockcache.read_block_file
+    raced = []
+
+    def read_after_a_swap(
+        path: str, bkey: BlockKey, block_size: int, offset: int | None = None
+    ) -> bytes | str:
+        if not raced:
+            raced.append(1)
+            cache.invalidate_object("a")
+            replace()
+        return real_read(path, bkey, block_size, offset)
+
+    monkeypatch.setattr(blockcache, "read_block_file", read_after_a_swap)
+    with caplog.at_level(logging.WARNING):
+        got = cache.get(reader)
+    assert got == (None if first == "run" else data_of(reader))  # block 2 is gone now
+    assert raced and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert cache.statistics().corrupt == 0
+    assert cache.contains(bkeys[0])  # the fresh file stays
+    assert_consistent(cache)
+
+
+def test_startup_trusts_the_first_blocks_record_about_what_a_file_is(
+    open_cache: Callable[..., BlockCache], cache_dir: Path
+) -> None:
+    """Records left by a removal whose index update failed: run records naming a file that
+    its first block's record says is that block's own, and run records whose first block's
+    record is gone. The first kind are dropped and the own file kept; the second's file goes."""
+    cache = open_cache()
+    put_run(cache, run_of("a", 0, 4))
+    leftover = [(b, v) for b, v in cache.index.items(schema.DB_BLOCKS)]
+    cache.invalidate_object("a")
+    a0 = BlockKey("a", "e1", 0)
+    cache.put(a0, data_of(a0), direct=True)  # a0's own file, under the run's old name
+    cache.index.put_many(schema.DB_BLOCKS, [(b, v) for b, v in leftover if b != block_id(a0)])
+    put_run(cache, run_of("b", 0, 4))
+    cache.index.delete_many(schema.DB_BLOCKS, [block_id(BlockKey("b", "e1", 0))])
+    cache.close()
+    cache = open_cache()
+    assert cache.get(a0) == data_of(a0)
+    assert not any(cache.contains(b) for b in run_of("a", 1, 3) + run_of("b", 0, 4))
+    assert cache.statistics().blocks == 1
+    assert_consistent(cache)
+
+
+def test_a_short_last_block_goes_alone_and_the_rest_still_makes_a_run_file(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    cache = open_cache()
+    bkeys = run_of("a", 0, 5)
+    blocks = [data_of(b) for b in bkeys[:4]] + [data_of(bkeys[4], 100)]
+    cache.put_run(bkeys, blocks, {})
+    assert list(cache._runs.values()) == [tuple(block_id(b) for b in bkeys[:4])]
+    assert [cache.get(b) for b in bkeys] == blocks
+    assert_consistent(cache)
+
+
+def test_threads_reading_run_files_with_o_direct_while_they_are_evicted_and_recycled(
+    open_cache: Callable[..., BlockCache],
+) -> None:
+    """O_DIRECT reads at members' offsets while runs and single blocks evict each other and
+    single files are recycled: every block read is right, and it all agrees at the end."""
+    cache = open_cache(capacity=24 * BS)
+
+    def worker(n: int) -> None:
+        for i in range(40):
+            key = f"k{(n + i) % 4}"
+            if i % 3 == 0:
+                b = BlockKey(key, "e1", 30 + i % 5)
+                cache.put(b, data_of(b), direct=True)
+            else:
+                put_run(cache, run_of(key, (n * 5 + i * 2) % 20, 2 + i % 5))
+            for j in range(0, 24, 3):
+                b = BlockKey(key, "e1", j)
+                got = cache.get(b, direct=bool(j % 2))
+                assert got is None or got == data_of(b)
+
+    run_workers(worker, 8)
+    assert_consistent(cache)
+    assert cache.statistics().evictions > 0

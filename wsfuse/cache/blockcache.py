@@ -233,6 +233,12 @@ class BlockCache(CacheSpace):
                 self._drop_corrupt(fid, bkey, path, "its file is missing")
                 return None
             if isinstance(result, str):
+                with self._lock:
+                    moved = self._members.get(bid, (bid, None)) != (fid, offset)
+                if moved:
+                    # Removed and put again under the same name in another layout (a run
+                    # file, or its first block's own file) before we opened it: look again.
+                    continue
                 self._drop_corrupt(fid, bkey, path, result)
                 return None
             now = self._clock()
@@ -373,14 +379,21 @@ class BlockCache(CacheSpace):
         if len(bkeys) != len(blocks):
             raise ValueError(f"{len(bkeys)} block keys for {len(blocks)} blocks")
         most = max(1, min(RUN_SLOTS, self._capacity // 4 // self._block_size))
-        for first in range(0, len(bkeys), most):
-            piece = range(first, min(first + most, len(bkeys)))
+        count = len(bkeys)
+        # An object's last block may be too short for O_DIRECT to write from where it lies:
+        # alone, so that the blocks before it still make run files.
+        if count > 1 and direct_padding(schema.header_size(bkeys[-1]), blocks[-1]) is None:
+            count -= 1
+        for first in range(0, count, most):
+            piece = range(first, min(first + most, count))
             if len(piece) > 1 and self._put_run_file(
                 [bkeys[k] for k in piece], [blocks[k] for k in piece], [crcs.get(k) for k in piece]
             ):
                 continue
             for k in piece:
                 self.put(bkeys[k], blocks[k], direct=True, crc=crcs.get(k))
+        if count < len(bkeys):
+            self.put(bkeys[-1], blocks[-1], direct=True, crc=crcs.get(count))
 
     def _put_run_file(
         self, bkeys: list[BlockKey], blocks: list[bytes], crcs: list[int | None]
@@ -616,7 +629,7 @@ class BlockCache(CacheSpace):
 
     # ------------------------------------------------------------------ reading
 
-    def _drop_corrupt(self, bid: bytes, bkey: BlockKey, path: str, reason: str) -> None:
+    def _drop_corrupt(self, fid: bytes, bkey: BlockKey, path: str, reason: str) -> None:
         log.warning(
             "cache block %d of %r (etag %r) is corrupt: %s; dropped %s, it will be fetched again",
             bkey.index,
@@ -628,9 +641,9 @@ class BlockCache(CacheSpace):
         with self._lock:
             self._corrupt += 1
             self._misses += 1
-            if bid not in self._entries:
+            if fid not in self._entries:
                 return  # already evicted or invalidated by another thread
-            victim = self._pop_locked(bid, evicted=False)
+            victim = self._pop_locked(fid, evicted=False)
         self._remove([victim], recycle=False)  # a file that failed is not reused
 
     # ------------------------------------------------------------------ removal and skips

@@ -143,14 +143,21 @@ class BlockFileWriter:
             raise ValueError(f"{len(slots)} blocks in one run file, at most {RUN_SLOTS}")
         if not self.direct_supported:
             return None
-        with self._run_buffers.take() as buffer, contextlib.ExitStack() as views:
-            copied = views.enter_context(memoryview(buffer))
-            pieces: list[memoryview] = []
-            for k, slot in enumerate(slots):
-                own = views.enter_context(memoryview(slot.data))
-                room = copied[k * _SLOT_COPY : (k + 1) * _SLOT_COPY]
-                pieces += _direct_pieces(room, own, slot.header, slot.pad)
-            return reuse if self._pwritev_direct(path, pieces, reuse) else None
+        with self._run_buffers.take() as buffer, memoryview(buffer) as copied:
+            views: list[memoryview] = []  # released before the buffer goes back to the pool
+            try:
+                pieces: list[memoryview] = []
+                for k, slot in enumerate(slots):
+                    own = memoryview(slot.data)
+                    room = copied[k * _SLOT_COPY : (k + 1) * _SLOT_COPY]
+                    new = _direct_pieces(room, own, slot.header, slot.pad)
+                    views += (own, room, *new)
+                    pieces += new
+                written = self._pwritev_direct(path, pieces, reuse)
+            finally:
+                for view in views:
+                    view.release()
+        return reuse if written else None
 
     def close(self) -> None:
         self._buffers.close()
@@ -161,7 +168,12 @@ class BlockFileWriter:
     ) -> bool:
         """False when the filesystem refuses O_DIRECT (nothing is left behind)."""
         with memoryview(buffer) as copied, memoryview(data) as own:
-            return self._pwritev_direct(path, _direct_pieces(copied, own, header, pad), reuse)
+            pieces = _direct_pieces(copied, own, header, pad)
+            try:
+                return self._pwritev_direct(path, pieces, reuse)
+            finally:
+                for piece in pieces:  # not left to an exception's frames: the buffer is pooled
+                    piece.release()
 
     def _pwritev_direct(self, path: str, pieces: list[memoryview], reuse: bool) -> bool:
         """Write `pieces` (page-aligned, whole pages) to `path` from offset 0 with O_DIRECT,

@@ -16,6 +16,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Final
 
+from wsfuse import directio
 from wsfuse.cache import schema
 from wsfuse.cache.blockfile import unlink_quietly
 from wsfuse.cache.index import MetadataIndex
@@ -65,21 +66,48 @@ def reconcile(directory: str, tmp_dir: str, index: MetadataIndex) -> Reconciled:
             stale.append(bid)  # its file is gone
     live: list[LiveFile] = []
     for fid, blocks in recorded.items():
-        files.discard(fid)
-        run = [(bid, r) for bid, r in blocks if r.run_first is not None]
-        if not run:
-            live.append((blocks[0][1].atime, fid, blocks[0][1].size, None))
+        kept = _file_of(fid, blocks)
+        if kept is None:  # no record says what the file is: it goes as an orphan
+            stale += [bid for bid, _ in blocks]
             continue
-        # A file is a block's own or a run file: a record of the other kind is stale (the
-        # headers would tell on a read anyway).
-        stale += [bid for bid, r in blocks if r.run_first is None]
-        members = tuple((bid, r.offset) for bid, r in sorted(run, key=lambda b: b[1].offset))
-        live.append((max(r.atime for _, r in run), fid, sum(r.size for _, r in run), members))
+        files.discard(fid)
+        stale += [bid for bid, _ in blocks if bid not in kept]
+        if len(kept) == 1 and kept[fid].run_first is None:
+            live.append((kept[fid].atime, fid, kept[fid].size, None))
+        else:
+            members = tuple((bid, r.offset) for bid, r in kept.items())
+            atime = max(r.atime for r in kept.values())
+            live.append((atime, fid, sum(r.size for r in kept.values()), members))
     for bid in files:  # files without records
         unlink_quietly(f"{directory}/{block_relpath(bid)}")
     if stale:
         index.delete_many(schema.DB_BLOCKS, stale)
     return Reconciled(live, len(files), len(stale))
+
+
+def _file_of(
+    fid: bytes, blocks: list[tuple[bytes, BlockRecord]]
+) -> dict[bytes, BlockRecord] | None:
+    """The records of `blocks` (all naming the file `fid`) that agree with what the file's
+    first block's record says it is, in file order; None without that record. A block's own
+    file keeps only its record; a run file the run records at distinct page-aligned offsets.
+    (Records that disagree are left by a removal whose index update failed.)"""
+    records = dict(blocks)
+    head = records.get(fid)
+    if head is None:
+        return None
+    if head.run_first is None:
+        return {fid: head}
+    if head.offset != 0:
+        return None
+    kept: dict[bytes, BlockRecord] = {}
+    offsets: set[int] = set()
+    for bid, record in sorted(blocks, key=lambda b: b[1].offset):
+        if record.run_first is None or record.offset % directio.ALIGN or record.offset in offsets:
+            continue
+        offsets.add(record.offset)
+        kept[bid] = record
+    return kept
 
 
 def scan_block_files(directory: str) -> set[bytes]:
