@@ -19,7 +19,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import google_crc32c
 import pytest
@@ -27,6 +26,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.component.caches import Tick, cache_opener, files_on_disk
 from tests.component.threads import run_workers
 from wsfuse.cache import blockcache, schema, space
 from wsfuse.cache.blockcache import BlockCache
@@ -44,17 +44,6 @@ def block_data(bkey: BlockKey, size: int = BS, block_size: int = BS) -> bytes:
     return ramp(f"{bkey.key}@{bkey.etag}", bkey.index * block_size, size)
 
 
-class Tick:
-    """A clock that advances one second per call, so the LRU order is exact."""
-
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
@@ -63,29 +52,11 @@ def cache_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def open_cache(cache_dir: Path) -> Iterator[Callable[..., BlockCache]]:
     """Opens caches on `cache_dir` (one at a time) and closes whatever is left open."""
-    opened: list[BlockCache] = []
-    clock = Tick()
-
-    def open_(**kwargs: Any) -> BlockCache:
-        kwargs.setdefault("block_size", BS)
-        kwargs.setdefault("capacity", 1 << 30)
-        kwargs.setdefault("min_free", 0)
-        kwargs.setdefault("clock", clock)
-        cache = BlockCache(cache_dir, **kwargs)
-        opened.append(cache)
-        return cache
-
-    yield open_
-    for cache in opened:
-        cache.close()
+    yield from cache_opener(cache_dir, BS, capacity=1 << 30, clock=Tick())
 
 
 def block_path(cache_dir: Path, bkey: BlockKey) -> Path:
     return cache_dir / schema.block_relpath(block_id(bkey))
-
-
-def files_on_disk(cache_dir: Path) -> set[bytes]:
-    return {bytes.fromhex(p.name) for p in (cache_dir / "blocks").glob("*/*")}
 
 
 def assert_consistent(cache: BlockCache) -> None:

@@ -7,10 +7,10 @@ import os
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.component.caches import cache_opener
 from tests.component.threads import run_workers
 from wsfuse import directio
 from wsfuse.cache import blockcache, recycle, schema
@@ -36,18 +36,7 @@ def spares_on_disk(cache: BlockCache) -> list[str]:
 
 @pytest.fixture
 def open_cache(tmp_path: Path) -> Iterator[Callable[..., BlockCache]]:
-    opened: list[BlockCache] = []
-
-    def open_(**kwargs: Any) -> BlockCache:
-        kwargs.setdefault("block_size", BS)
-        kwargs.setdefault("min_free", 0)
-        cache = BlockCache(tmp_path / "cache", **kwargs)
-        opened.append(cache)
-        return cache
-
-    yield open_
-    for cache in opened:
-        cache.close()
+    yield from cache_opener(tmp_path / "cache", BS)
 
 
 # ---------------------------------------------------------------------------- the pool

@@ -23,6 +23,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.component.caches import Tick, cache_opener, files_on_disk
 from tests.component.threads import run_workers
 from wsfuse.cache import blockcache, blockfile, schema
 from wsfuse.cache.blockcache import BlockCache
@@ -46,15 +47,6 @@ def put_run(cache: BlockCache, bkeys: list[BlockKey]) -> list[bytes]:
     return blocks
 
 
-class Tick:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
 @pytest.fixture
 def cache_dir(tmp_path: Path) -> Path:
     return tmp_path / "cache"
@@ -62,25 +54,7 @@ def cache_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def open_cache(cache_dir: Path) -> Iterator[Callable[..., BlockCache]]:
-    opened: list[BlockCache] = []
-    clock = Tick()
-
-    def open_(**kwargs: Any) -> BlockCache:
-        kwargs.setdefault("block_size", BS)
-        kwargs.setdefault("capacity", 1 << 30)
-        kwargs.setdefault("min_free", 0)
-        kwargs.setdefault("clock", clock)
-        cache = BlockCache(cache_dir, **kwargs)
-        opened.append(cache)
-        return cache
-
-    yield open_
-    for cache in opened:
-        cache.close()
-
-
-def files_on_disk(cache_dir: Path) -> set[bytes]:
-    return {bytes.fromhex(p.name) for p in (cache_dir / "blocks").glob("*/*")}
+    yield from cache_opener(cache_dir, BS, capacity=1 << 30, clock=Tick())
 
 
 def assert_consistent(cache: BlockCache) -> None:
@@ -428,21 +402,21 @@ class RunCacheMachine(RuleBasedStateMachine):
                 self._add(piece)
                 continue
             for b in piece:  # block by block, as `put` does
-                f = self._file_of(b)
-                if f is not None:
-                    self.model.move_to_end(f)
-                else:
-                    self._add((b,))
+                self._put_block(b)
 
-    @rule(key=st.sampled_from(["a", "b"]), index=st.integers(0, 15))
-    def put_one(self, key: str, index: int) -> None:
-        bkey = BlockKey(key, "e1", index)
-        self.cache.put(bkey, data_of(bkey), direct=True)
+    def _put_block(self, bkey: BlockKey) -> None:
+        """The model of `put`: a cached block's file is touched, else the block gets its own."""
         f = self._file_of(bkey)
         if f is not None:
             self.model.move_to_end(f)
         else:
             self._add((bkey,))
+
+    @rule(key=st.sampled_from(["a", "b"]), index=st.integers(0, 15))
+    def put_one(self, key: str, index: int) -> None:
+        bkey = BlockKey(key, "e1", index)
+        self.cache.put(bkey, data_of(bkey), direct=True)
+        self._put_block(bkey)
 
     @rule(key=st.sampled_from(["a", "b"]), index=st.integers(0, 15))
     def get(self, key: str, index: int) -> None:

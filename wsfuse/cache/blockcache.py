@@ -143,13 +143,6 @@ class BlockCache(CacheWrites):
         self._atimes = AccessTimes()
         # Reads in progress per file id: `_remove` deletes their files, never recycles them.
         self._reading: Counter[bytes] = Counter()
-        # Run files (`put_run`): where each of their blocks is (file id, offset), and each
-        # file's blocks. A block in neither map and in `_entries` has a file of its own.
-        # INVARIANT: b in _members => _members[b][0] in _runs and b in _runs[that id].
-        # A run file's entries leave these maps only once its removal is complete (`_remove`),
-        # so a put of one of its blocks is skipped until then, as for `_unlinking`.
-        self._members: dict[bytes, tuple[bytes, int]] = {}
-        self._runs: dict[bytes, tuple[bytes, ...]] = {}
         self._hits = self._misses = self._corrupt = 0
         self._bytes_written = self._skipped = self._reused = 0
         self._last_skip_warning = -math.inf
@@ -196,8 +189,7 @@ class BlockCache(CacheWrites):
         can still miss: the block may be evicted, or found corrupt, in between."""
         bid = block_id(bkey)
         with self._lock:
-            member = self._members.get(bid)
-            return (bid if member is None else member[0]) in self._entries
+            return self._where_locked(bid)[0] in self._entries
 
     def get(self, bkey: BlockKey, *, direct: bool = False) -> bytes | None:
         """The block's data, or None on a miss. A block whose file fails verification (header,
@@ -210,7 +202,7 @@ class BlockCache(CacheWrites):
         for _attempt in range(GET_ATTEMPTS):
             with self._lock:
                 # `fid`: the file's id, the block's own or its run file's (with `offset`)
-                fid, offset = self._members.get(bid, (bid, None))
+                fid, offset = self._where_locked(bid)
                 if self._closed or fid not in self._entries:
                     self._misses += 1
                     return None
@@ -230,7 +222,7 @@ class BlockCache(CacheWrites):
                 return None
             if isinstance(result, str):
                 with self._lock:
-                    moved = self._members.get(bid, (bid, None)) != (fid, offset)
+                    moved = self._where_locked(bid) != (fid, offset)
                 if moved:
                     # Removed and put again under the same name in another layout (a run
                     # file, or its first block's own file) before we opened it: look again.
@@ -252,7 +244,7 @@ class BlockCache(CacheWrites):
         # later put must store the block again (put leaves a cached block alone).
         with self._lock:
             self._misses += 1
-            fid = self._members.get(bid, (bid,))[0]
+            fid = self._where_locked(bid)[0]
             victim = self._pop_locked(fid, evicted=False) if fid in self._entries else None
         if victim is not None:
             self._remove([victim], recycle=False)

@@ -65,6 +65,14 @@ class CacheSpace:
         self._writing: set[bytes] = set()
         self._doomed: set[bytes] = set()  # INVARIANT: subset of _writing (invalidated mid-put)
         self._unlinking: dict[bytes, int] = {}  # id -> data size
+        # Run files (`put_run`, writes.py): where each of their blocks is (file id, offset),
+        # and each file's blocks; the ids above are then file ids (a run file's is its first
+        # block's). A block in neither map has a file of its own, named by its id.
+        # INVARIANT: b in _members => _members[b][0] in _runs and b in _runs[that id].
+        # A run file's entries leave these maps only once its removal is complete
+        # (`BlockCache._remove`), so a put of one of its blocks is skipped until then.
+        self._members: dict[bytes, tuple[bytes, int]] = {}
+        self._runs: dict[bytes, tuple[bytes, ...]] = {}
         self._unlinking_bytes = 0  # INVARIANT: == sum(_unlinking.values())
         # Capacity and disk space promised to puts in flight.
         # INVARIANT: _cached_bytes + _reserved <= capacity, whenever _lock is released.
@@ -108,6 +116,11 @@ class CacheSpace:
                 True,
             )
         return victims, None
+
+    def _where_locked(self, bid: bytes) -> tuple[bytes, int | None]:
+        """The file holding block `bid` and its offset there: (`bid`, None) for its own file."""
+        member = self._members.get(bid)
+        return (bid, None) if member is None else member
 
     def _pop_lru_locked(self) -> tuple[bytes, int]:
         bid = next(iter(self._entries))

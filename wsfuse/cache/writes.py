@@ -49,8 +49,6 @@ class CacheWrites(CacheSpace):
         _files: BlockFileWriter
         _index: MetadataIndex
         _lock: threading.Lock
-        _members: dict[bytes, tuple[bytes, int]]
-        _runs: dict[bytes, tuple[bytes, ...]]
         _spares: FilePool
         _tmp_dir: str
         _tmp_names: itertools.count[int]
@@ -95,7 +93,7 @@ class CacheWrites(CacheSpace):
         with self._lock:
             if self._closed or bid in self._writing or bid in self._unlinking:
                 return
-            fid = self._members.get(bid, (bid,))[0]
+            fid = self._where_locked(bid)[0]
             if fid in self._entries:
                 self._entries.move_to_end(fid)
                 self._atimes.note(fid, now)
